@@ -1,0 +1,188 @@
+"""The environment contract: what every environment provides, and the registry that finds them.
+
+An *environment family* (:class:`EnvDefinition`) owns its tasks, prompts, expert and grader; an *environment
+instance* (:class:`Environment`) runs one episode at a time with Gymnasium's semantics: ``reset(task)`` returns the
+first observation, ``step(action)`` returns a :class:`StepResult` in which ``terminated`` means the task ended (an
+answer was given, the goal reached or failed) and ``truncated`` means the episode was stopped from outside the task
+(a step budget), and ``close()`` frees resources. Instances are created per episode and used from one thread.
+
+Versioned ids (``db-v1``): any change to prompts, tasks or scoring bumps the version, so scores stay comparable.
+Third-party environments register through the entry-point group ``agenttuning.envs``: the entry point names an
+:class:`EnvDefinition` instance or a zero-argument callable returning one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib.metadata import entry_points
+from typing import Any, Literal
+
+from agenttuning.schema import Task, Turn
+
+Split = Literal["train", "test"]
+ENTRY_POINT_GROUP = "agenttuning.envs"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What ``Environment.step`` returns (Gymnasium's five-tuple, named)."""
+
+    observation: str
+    reward: float = 0.0
+    terminated: bool = False
+    truncated: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Environment(ABC):
+    """One running episode's world. Create one per episode; not shared between threads."""
+
+    @abstractmethod
+    def reset(self, task: Task) -> str:
+        """Start ``task`` from a fresh state and return the first observation (the task as the agent sees it)."""
+
+    @abstractmethod
+    def step(self, action: str) -> StepResult:
+        """Apply an action (the text after ``Action:``) and return the result.
+
+        An action the environment cannot parse is not an error: it returns the invalid-action feedback as the
+        observation with reward 0 and ``info["invalid"] = True``.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free resources. Safe to call more than once."""
+
+    def __enter__(self) -> Environment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EnvDefinition(ABC):
+    """An environment family: identity, tasks, prompts, expert, and a factory for instances."""
+
+    name: str  # family name, e.g. "db"
+    version: int  # bump on any change to prompts, tasks or scoring
+    description: str = ""
+    max_turns: int = 10  # the family's default turn budget for an episode
+    held_out: bool = False  # declare the family held-out for evaluation, whatever the training data holds
+
+    @property
+    def id(self) -> str:
+        """Versioned id, e.g. ``db-v1``."""
+        return f"{self.name}-v{self.version}"
+
+    # --- tasks ---------------------------------------------------------------------------------------------
+    @abstractmethod
+    def tasks(self, split: Split) -> list[Task]:
+        """All tasks of a split, in a deterministic order (the same list on every call and machine)."""
+
+    # --- prompts -------------------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def system_prompt(self) -> str:
+        """The instructions, including the action format (sent as the first user turn, as in AgentInstruct)."""
+
+    @property
+    def one_shot(self) -> list[Turn]:
+        """An optional in-context example: alternating user / assistant turns (never trained)."""
+        return []
+
+    def context(self) -> list[Turn]:
+        """The in-context prefix every episode starts with: instructions, 'Ok.', then the one-shot example."""
+        turns = [Turn(role="user", content=self.system_prompt), Turn(role="assistant", content="Ok.", loss=False)]
+        turns += [t if t.role == "user" else t.model_copy(update={"loss": False}) for t in self.one_shot]
+        return turns
+
+    def invalid_action(self, reason: str) -> str:
+        """Feedback observation for a reply with no parsable action."""
+        return f"Invalid action: {reason}. Reply with 'Thought: ...' and then 'Action: ...' in the required format."
+
+    @cached_property
+    def prompt_hash(self) -> str:
+        """Hash of everything the agent is shown before the task: changes when prompts change."""
+        blob = json.dumps([t.model_dump() for t in self.context()], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    # --- episodes ------------------------------------------------------------------------------------------
+    @abstractmethod
+    def make(self) -> Environment:
+        """A fresh environment instance for one episode."""
+
+    @abstractmethod
+    def expert(self, task: Task, history: list[Turn]) -> str:
+        """The oracle's next reply (``Thought: ... Action: ...``) given the episode so far, without any model.
+
+        ``history`` holds the turns after the context: the task observation, then replies and observations.
+        """
+
+    @abstractmethod
+    def wrong_answer(self, task: Task) -> str:
+        """A well-formed reply that ends the task with a deliberately wrong answer (must score 0)."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id}>"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Registry
+
+_REGISTRY: dict[str, EnvDefinition] = {}
+_entry_points_loaded = False
+_ID = re.compile(r"^(?P<name>[a-z][a-z0-9_]*)(?:-v(?P<version>\d+))?$")
+
+
+def register(definition: EnvDefinition) -> EnvDefinition:
+    """Add an environment family to the registry (idempotent for the same id)."""
+    if not _ID.match(definition.name) or "-" in definition.name:
+        raise ValueError(f"environment name {definition.name!r} must be lower_snake_case")
+    existing = _REGISTRY.get(definition.name)
+    if existing is not None and existing.id != definition.id:
+        raise ValueError(f"environment {definition.name!r} already registered as {existing.id}, not {definition.id}")
+    _REGISTRY[definition.name] = definition
+    return definition
+
+
+def _load_builtin() -> None:
+    from agenttuning.envs import db
+
+    register(db.definition())
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    _load_builtin()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        obj = ep.load()
+        definition = obj() if callable(obj) and not isinstance(obj, EnvDefinition) else obj
+        if not isinstance(definition, EnvDefinition):
+            raise TypeError(f"entry point {ep.name} = {ep.value} did not give an EnvDefinition")
+        register(definition)
+
+
+def available() -> list[EnvDefinition]:
+    """Every registered environment family, sorted by name."""
+    _load_entry_points()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def get(env_id: str) -> EnvDefinition:
+    """Look up ``name`` or ``name-vN``; asking for a version other than the registered one is an error."""
+    _load_entry_points()
+    m = _ID.match(env_id)
+    if not m or m["name"] not in _REGISTRY:
+        names = ", ".join(sorted(_REGISTRY)) or "none"
+        raise KeyError(f"unknown environment {env_id!r} (registered: {names})")
+    d = _REGISTRY[m["name"]]
+    if m["version"] is not None and int(m["version"]) != d.version:
+        raise KeyError(f"environment {env_id!r} is not available: the registered version is {d.id}")
+    return d
