@@ -108,6 +108,8 @@ class Trajectory(_Frozen):
     end_reason: EndReason = Field(default="done", description="Why the episode ended.")
     usage: Usage = Field(default_factory=Usage, description="Policy token usage over the episode.")
     wall_time_s: float = Field(default=0.0, description="Wall-clock seconds the episode took.")
+    env_time_s: float = Field(default=0.0, description="Seconds spent inside the environment (reset/step).")
+    policy_time_s: float = Field(default=0.0, description="Seconds spent waiting for the policy's replies.")
     error: str | None = Field(default=None, description="Error message when the episode failed for a technical reason.")
 
     @field_validator("schema_version")

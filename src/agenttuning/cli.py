@@ -1,0 +1,218 @@
+"""The ``agenttuning`` command line: a thin shell over the Python API (each command parses, then calls one function)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agenttuning.jsonl import RecordError
+
+app = typer.Typer(
+    help="AgentTuning end to end: collect ReAct trajectories in real environments, tune, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(fn: F) -> F:
+    """Bad input ends the command with one clear line and exit code 2, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (RecordError, ValueError, KeyError, FileExistsError, FileNotFoundError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            err.print(f"[bold red]error:[/] {msg}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@_friendly
+def envs() -> None:
+    """List the registered environments."""
+    from agenttuning.envs.base import available
+
+    t = Table(title="environments", header_style="bold")
+    for col in ("name", "id", "train", "test", "max turns", "held-out", "prompt hash", "description"):
+        t.add_column(col, justify="right" if col in ("train", "test", "max turns") else "left")
+    for d in available():
+        t.add_row(
+            d.name, d.id, str(len(d.tasks("train"))), str(len(d.tasks("test"))), str(d.max_turns),
+            "yes" if d.held_out else "", d.prompt_hash, d.description,
+        )
+    console.print(t)
+
+
+@app.command()
+@_friendly
+def tasks(
+    env: Annotated[str, typer.Option(help="Environment name or versioned id.")],
+    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    n: Annotated[int | None, typer.Option("-n", help="Show the first N tasks.")] = None,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="Print tasks as JSONL (for --tasks FILE).")] = False,
+) -> None:
+    """Show an environment's tasks."""
+    from agenttuning.envs.base import get
+
+    items = get(env).tasks(_split(split))[:n]
+    if jsonl:
+        for t in items:
+            sys.stdout.write(t.model_dump_json() + "\n")
+        return
+    table = Table(title=f"{get(env).id} {split}: {len(items)} tasks", header_style="bold")
+    table.add_column("id")
+    table.add_column("instruction")
+    for t in items:
+        table.add_row(t.id, t.instruction)
+    console.print(table)
+
+
+@app.command()
+@_friendly
+def rollout(
+    env: Annotated[str, typer.Option(help="Environment name or versioned id.")],
+    out: Annotated[Path, typer.Option(help="Output trajectory JSONL (appended to, one line per episode).")],
+    policy: Annotated[str, typer.Option(help="openai:MODEL, hf:PATH_OR_ID, expert, wrong, noisy:P or random.")] = "expert",
+    split: Annotated[str, typer.Option(help="train or test.")] = "train",
+    n: Annotated[int | None, typer.Option("-n", help="Only the first N tasks of the split.")] = None,
+    tasks_file: Annotated[Path | None, typer.Option("--tasks", help="Read tasks from a JSONL file instead.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Episodes in flight at once.")] = 8,
+    resume: Annotated[bool, typer.Option(help="Continue an existing output file, skipping finished task ids.")] = False,
+    shard: Annotated[str | None, typer.Option(help="K/N: run only this machine's share of the tasks.")] = None,
+    max_turns: Annotated[int | None, typer.Option(help="Turn budget (default: the environment's).")] = None,
+    max_context_tokens: Annotated[int | None, typer.Option(help="Stop an episode past this many tokens.")] = None,
+    timeout: Annotated[float, typer.Option(help="Per-episode wall-clock limit in seconds.")] = 600.0,
+    base_url: Annotated[str | None, typer.Option(help="openai: endpoint (default $OPENAI_BASE_URL).")] = None,
+    api_key: Annotated[str | None, typer.Option(help="openai: key (default $OPENAI_API_KEY).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (model policies).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Longest reply in tokens (model policies).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for sampling / noisy policies.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a live progress bar.")] = True,
+) -> None:
+    """Collect ReAct trajectories: run a policy on an environment's tasks, appending each finished episode."""
+    from agenttuning.envs.base import get
+    from agenttuning.jsonl import read_records
+    from agenttuning.policies import make_policy
+    from agenttuning.rollout.engine import EpisodeLimits, parse_shard
+    from agenttuning.rollout.engine import rollout as run
+    from agenttuning.rollout.progress import RolloutProgress, summary_table
+    from agenttuning.schema import Task
+
+    definition = get(env)
+    if tasks_file is not None:
+        task_list = read_records(tasks_file, Task)
+        foreign = [t.id for t in task_list if t.env.split("-v")[0] != definition.name]
+        if foreign:
+            raise ValueError(f"{tasks_file}: tasks {foreign[:3]} do not belong to {definition.id}")
+    else:
+        task_list = definition.tasks(_split(split))
+    task_list = task_list[:n]
+    options = _policy_options(policy, base_url, api_key, temperature, max_tokens, seed)
+    pol = make_policy(policy, env=definition, **options)
+    limits = EpisodeLimits(max_turns=max_turns, max_context_tokens=max_context_tokens, timeout_s=timeout)
+    with RolloutProgress(f"{definition.id} · {pol.name}", enabled=progress) as bar:
+        summary = run(
+            definition, task_list, pol, out, concurrency=concurrency, limits=limits, resume=resume,
+            shard=parse_shard(shard) if shard else None, on_start=bar.on_start, on_result=bar.on_result,
+        )
+    console.print(summary_table(summary, title=f"{definition.id} · {pol.name} → {out}"))
+
+
+def _policy_options(
+    spec: str, base_url: str | None, api_key: str | None, temperature: float | None, max_tokens: int | None,
+    seed: int | None,
+) -> dict[str, Any]:
+    kind = spec.partition(":")[0]
+    if kind == "openai":
+        return {"base_url": base_url, "api_key": api_key, "temperature": temperature, "max_tokens": max_tokens,
+                "seed": seed}
+    if kind == "hf":
+        return {"temperature": temperature, "max_new_tokens": max_tokens, "seed": seed}
+    if kind in ("noisy", "random"):
+        return {"seed": seed}
+    return {}
+
+
+@app.command()
+@_friendly
+def show(
+    path: Annotated[Path, typer.Argument(help="Trajectory JSONL file.")],
+    task_id: Annotated[str | None, typer.Option("--id", help="Show only this task id.")] = None,
+    n: Annotated[int, typer.Option("-n", help="How many trajectories to show.")] = 3,
+    outcome: Annotated[str, typer.Option(help="all, success or failure.")] = "all",
+    context: Annotated[bool, typer.Option(help="Also show the in-context prefix (instructions, example).")] = False,
+    max_chars: Annotated[int, typer.Option(help="Clip long texts to this many characters.")] = 1500,
+) -> None:
+    """Show trajectories as a readable, coloured Thought / Action / Observation view."""
+    from agenttuning.jsonl import read_records
+    from agenttuning.rollout.view import render_trajectory
+    from agenttuning.schema import Trajectory
+
+    if outcome not in ("all", "success", "failure"):
+        raise ValueError("--outcome must be all, success or failure")
+    trajs = read_records(path, Trajectory)
+    picked = [
+        t for t in trajs
+        if (task_id is None or t.task.id == task_id) and (outcome == "all" or t.success == (outcome == "success"))
+    ]
+    if task_id is not None and not picked:
+        raise ValueError(f"no trajectory for task id {task_id!r} in {path}")
+    for t in picked[:n]:
+        console.print(render_trajectory(t, max_chars=max_chars, show_context=context))
+    ok = sum(t.success for t in trajs)
+    console.print(f"[dim]{path}: {len(trajs)} trajectories, {ok} successful; shown {min(n, len(picked))}[/]")
+
+
+@app.command()
+@_friendly
+def check(
+    env: Annotated[list[str] | None, typer.Option(help="Environment(s) to check (default: all registered).")] = None,
+    max_tasks: Annotated[int | None, typer.Option(help="Limit the expert / wrong-answer sweeps.")] = None,
+) -> None:
+    """Run the conformance check on environments: contract, determinism, expert solves every test task."""
+    from agenttuning.envs.base import available, get
+    from agenttuning.envs.check import check_env
+
+    defs = [get(e) for e in env] if env else available()
+    failed = False
+    for d in defs:
+        report = check_env(d, max_tasks=max_tasks)
+        t = Table(title=f"conformance: {d.id}", header_style="bold")
+        t.add_column("check")
+        t.add_column("result")
+        t.add_column("detail")
+        for r in report.results:
+            t.add_row(r.name, "[green]pass[/]" if r.passed else "[red]FAIL[/]", r.detail)
+        console.print(t)
+        failed |= not report.passed
+    if failed:
+        raise typer.Exit(1)
+
+
+def _split(split: str) -> Any:
+    if split not in ("train", "test"):
+        raise ValueError(f"--split must be train or test, not {split!r}")
+    return split
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
