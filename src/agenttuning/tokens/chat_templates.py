@@ -1,0 +1,66 @@
+"""Chat templates (Jinja, as Hugging Face tokenizers carry them) for the offline tokenizers in :mod:`.offline`.
+
+Both render message contents verbatim (no ``| trim``, unlike Meta's published Llama 3 template) so that a trajectory
+and its training tokens stay byte-identical, and both are *prefix-preserving*: rendering the first ``k`` turns gives a
+prefix of rendering all of them, which is what lets a loss mask be cut per turn (habit 5 of ARCHITECTURE.md).
+
+Assistant turns are wrapped in ``{% generation %}`` blocks, so ``apply_chat_template(...,
+return_assistant_tokens_mask=True)`` marks the assistant tokens (content and end-of-turn token).
+"""
+
+from __future__ import annotations
+
+#: Llama 3 (Meta's ``ChatFormat``): ``<|begin_of_text|>``, then per message
+#: ``<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>``; ``add_generation_prompt`` opens the
+#: assistant header.
+LLAMA3_CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}{{- message['content'] + '<|eot_id|>' -}}{%- endgeneration -%}"
+    "{%- else -%}"
+    "{{- message['content'] + '<|eot_id|>' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}"
+    "{%- endif -%}"
+)
+
+#: Mistral instruct v3 (as ``mistral-common`` encodes it): ``<s>[INST]{user}[/INST]{assistant}</s>[INST]...``.
+#: There is no space after ``[INST]``/``[/INST]``: :func:`~.offline.mistral_tokenizer` puts SentencePiece's ``▁``
+#: prefix on every stretch of text between special tokens (so the ids are ``[INST] ▁{user} [/INST] ▁{assistant}``,
+#: as mistral-common encodes them, and as hub templates get with ``'[INST] '`` and a prefix-on-first-text-only
+#: tokenizer).
+#: Roles must alternate user/assistant after an optional leading system message, which (as in mistral-common v3)
+#: is put in front of the *last* user message, separated by a blank line. The prompt already ends on ``[/INST]``,
+#: so ``add_generation_prompt`` adds nothing.
+MISTRAL_CHAT_TEMPLATE = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set system_message = messages[0]['content'] -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- set ns = namespace(last_user=-1) -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if message['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{{- bos_token -}}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{- raise_exception('Mistral conversations must alternate user/assistant/user/... after an optional system "
+    "message') -}}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- if loop.index0 == ns.last_user and system_message is defined -%}"
+    "{{- '[INST]' + system_message + '\\n\\n' + message['content'] + '[/INST]' -}}"
+    "{%- else -%}"
+    "{{- '[INST]' + message['content'] + '[/INST]' -}}"
+    "{%- endif -%}"
+    "{%- else -%}"
+    "{%- generation -%}{{- message['content'] + eos_token -}}{%- endgeneration -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)

@@ -1,0 +1,281 @@
+"""Real tokenizers built offline from files that ship inside PyPI wheels: no Hugging Face hub, no download.
+
+* :func:`llama3_tokenizer`: Meta's Llama 3 tokenizer (128,000 BPE ranks + 256 special tokens = 128,256 ids), from
+  the tiktoken BPE file in the ``llama-models`` wheel, converted with transformers' ``TikTokenConverter``.
+* :func:`mistral_tokenizer`: Mistral's instruct v3 SentencePiece tokenizer (32,768 ids), from the
+  ``mistral-common`` wheel, rebuilt as a byte-fallback BPE in ``tokenizers``. Its small vocabulary makes it the
+  cheap real tokenizer for training tests.
+
+Both return a ``PreTrainedTokenizerFast`` with a chat template (:mod:`.chat_templates`), are built once per process
+(``lru_cache``: treat the returned object as read-only, or ``copy.deepcopy`` it), and can be written to a folder
+that ``AutoTokenizer.from_pretrained`` reloads. Tests check them token-for-token against the reference
+implementations (``tiktoken`` and ``sentencepiece``, and the vendors' own chat encoders).
+
+Example (needs ``pip install llama-models``)::
+
+    >>> from agenttuning.tokens.offline import llama3_tokenizer
+    >>> tok = llama3_tokenizer()
+    >>> tok.convert_tokens_to_ids("<|eot_id|>"), len(tok)
+    (128009, 128256)
+"""
+
+from __future__ import annotations
+
+import base64
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agenttuning.tokens.chat_templates import LLAMA3_CHAT_TEMPLATE, MISTRAL_CHAT_TEMPLATE
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+__all__ = [
+    "LLAMA3_PATTERN",
+    "LLAMA3_SPECIAL_TOKENS",
+    "llama3_bpe_path",
+    "llama3_tokenizer",
+    "load_tiktoken_ranks",
+    "mistral_sentencepiece_path",
+    "mistral_tokenizer",
+    "save_tokenizer",
+]
+
+#: Llama 3's pre-tokenisation regex (the tiktoken ``pat_str`` Meta ships with the model).
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+
+_LLAMA3_NAMED_SPECIALS = (
+    "<|begin_of_text|>",  # 128000
+    "<|end_of_text|>",  # 128001
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",  # 128004
+    "<|step_id|>",
+    "<|start_header_id|>",  # 128006
+    "<|end_header_id|>",  # 128007
+    "<|eom_id|>",  # 128008, end of message (tool call follows)
+    "<|eot_id|>",  # 128009, end of turn
+    "<|python_tag|>",
+    "<|image|>",
+)
+_LLAMA3_NUM_SPECIALS = 256
+
+#: The 256 special tokens that follow the 128,000 BPE ranks, in id order (the names of the llama-models wheel,
+#: i.e. Llama 3.1/3.2; Llama 3.0 called 128004, 128005, 128008, 128010 and 128011 "reserved" tokens).
+LLAMA3_SPECIAL_TOKENS: tuple[str, ...] = _LLAMA3_NAMED_SPECIALS + tuple(
+    f"<|reserved_special_token_{i}|>" for i in range(2, 2 + _LLAMA3_NUM_SPECIALS - len(_LLAMA3_NAMED_SPECIALS))
+)
+
+_MISTRAL_V3_FILE = "mistral_instruct_tokenizer_240323.model.v3"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Locating the files inside the wheels
+
+
+def llama3_bpe_path() -> Path:
+    """Path of Llama 3's tiktoken BPE file inside the ``llama-models`` wheel."""
+    return _wheel_file("llama_models", "llama3/tokenizer.model", pip_name="llama-models")
+
+
+def mistral_sentencepiece_path() -> Path:
+    """Path of Mistral's instruct v3 SentencePiece model inside the ``mistral-common`` wheel."""
+    return _wheel_file("mistral_common", f"data/{_MISTRAL_V3_FILE}", pip_name="mistral-common")
+
+
+def _wheel_file(package: str, relative: str, *, pip_name: str) -> Path:
+    try:
+        root = resources.files(package)
+    except ModuleNotFoundError as e:
+        raise ImportError(
+            f"the offline tokenizer needs the '{pip_name}' package, which ships the tokenizer file: "
+            f"pip install {pip_name}  (or: pip install 'agenttuning[test]')"
+        ) from e
+    path = Path(str(root.joinpath(relative)))
+    if not path.is_file():
+        raise FileNotFoundError(f"{relative} is missing from the installed '{pip_name}' package ({path})")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Llama 3
+
+
+def load_tiktoken_ranks(path: str | Path) -> dict[bytes, int]:
+    """Read a tiktoken BPE file (one ``base64(token) rank`` per line) into ``{token bytes: rank}``.
+
+    Same result as ``tiktoken.load.load_tiktoken_bpe`` for a local file, without tiktoken's download cache.
+    """
+    ranks: dict[bytes, int] = {}
+    for lineno, line in enumerate(Path(path).read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError as e:
+            raise ValueError(f"{path}:{lineno}: not a 'base64 rank' line: {line[:80]!r}") from e
+    return ranks
+
+
+@lru_cache(maxsize=1)
+def llama3_tokenizer() -> PreTrainedTokenizerFast:
+    """Meta's Llama 3 tokenizer as a transformers fast tokenizer, built offline.
+
+    Byte-level BPE over the 128,000 ranks of ``llama_models/llama3/tokenizer.model`` with Llama 3's regex, then
+    the 256 special tokens (ids 128000-128255, :data:`LLAMA3_SPECIAL_TOKENS`). As in Meta's instruct checkpoints on
+    the hub: bos ``<|begin_of_text|>`` is added by ``tok(text)`` (not with ``add_special_tokens=False``), eos is the
+    end-of-turn token ``<|eot_id|>``; pad is ``<|finetune_right_pad_id|>``. Decoding is lossless
+    (``clean_up_tokenization_spaces=False``). Chat template: :data:`~.chat_templates.LLAMA3_CHAT_TEMPLATE`.
+    """
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    class _Converter(TikTokenConverter):
+        # the stock loader goes through tiktoken's download cache; a local file needs none of it
+        load_tiktoken_bpe = staticmethod(load_tiktoken_ranks)
+
+    path = llama3_bpe_path()
+    backend = _Converter(
+        vocab_file=str(path), pattern=LLAMA3_PATTERN, extra_special_tokens=list(LLAMA3_SPECIAL_TOKENS)
+    ).converted()
+    bos = "<|begin_of_text|>"
+    backend.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{bos}:0 $A:0",
+                pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+                special_tokens=[(bos, backend.token_to_id(bos))],
+            ),
+        ]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=bos,
+        eos_token="<|eot_id|>",
+        pad_token="<|finetune_right_pad_id|>",
+        chat_template=LLAMA3_CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+        model_max_length=131072,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    _check_size(tok, 128256, "Llama 3")
+    return tok
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Mistral (SentencePiece v3)
+
+
+@lru_cache(maxsize=1)
+def mistral_tokenizer() -> PreTrainedTokenizerFast:
+    """Mistral's instruct v3 tokenizer (32,768 ids) as a transformers fast tokenizer, built offline.
+
+    The SentencePiece model (BPE, byte fallback, identity normalisation, a dummy ``▁`` prefix) is read with
+    ``sentencepiece`` (no protobuf needed) and rebuilt as a ``tokenizers`` BPE whose merges are ranked by the
+    SentencePiece piece scores, so it encodes as ``SentencePieceProcessor.encode`` does. Each stretch of text
+    between special tokens is encoded on its own with the dummy ``▁`` prefix, as ``mistral-common`` encodes each
+    message: ``[INST]hi`` gives ``[INST]`` then ``▁hi`` (so the chat template puts no space after ``[INST]``,
+    ``[/INST]``). The 750 control tokens (``<s>``, ``</s>``, ``[INST]``, ``[/INST]``, tool tokens, ...) are
+    special. bos ``<s>`` is added by ``tok(text)``; eos ``</s>``; no pad token (the model has none: set one if
+    you pad). Chat template: :data:`~.chat_templates.MISTRAL_CHAT_TEMPLATE`.
+    """
+    try:
+        import sentencepiece as spm
+    except ModuleNotFoundError as e:
+        raise ImportError("the Mistral tokenizer is read with sentencepiece: pip install sentencepiece") from e
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    sp = spm.SentencePieceProcessor(model_file=str(mistral_sentencepiece_path()))
+    n = sp.get_piece_size()
+    pieces = [sp.id_to_piece(i) for i in range(n)]
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    special = [i for i in range(n) if sp.is_control(i) or sp.is_unknown(i)]
+    backend = Tokenizer(
+        BPE(
+            vocab=vocab,
+            merges=_spm_merges(sp),
+            unk_token=sp.id_to_piece(sp.unk_id()),
+            fuse_unk=True,
+            byte_fallback=True,
+            dropout=None,
+        )
+    )
+    # SentencePiece's dummy prefix, on every stretch of text between special tokens: exactly what mistral-common
+    # does when it encodes each message's text on its own. (A Metaspace pre-tokenizer would skip the prefix on
+    # text that starts with a space, where SentencePiece gives '▁▁'.) No pre-tokenizer: like SentencePiece, BPE
+    # runs over the whole stretch, so runs of spaces become the '▁▁..' pieces.
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.pre_tokenizer = None
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    backend.add_special_tokens([AddedToken(pieces[i], special=True, normalized=False) for i in special])
+    bos, eos = pieces[sp.bos_id()], pieces[sp.eos_id()]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, sp.bos_id())]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=bos,
+        eos_token=eos,
+        unk_token=pieces[sp.unk_id()],
+        chat_template=MISTRAL_CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+        model_max_length=32768,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    _check_size(tok, n, "Mistral v3")
+    return tok
+
+
+def _spm_merges(sp) -> list[tuple[str, str]]:  # noqa: ANN001 - a SentencePieceProcessor
+    """BPE merges reproducing a SentencePiece BPE model: every split of a piece into two pieces, ranked by score.
+
+    SentencePiece merges, at each step, the adjacent pair whose concatenation is the highest-scoring piece
+    (leftmost on ties); a ``tokenizers`` BPE merges the lowest-ranked pair. Ranking each piece's splits by the
+    piece's score (descending, id on ties) makes the two agree. Control, unknown and byte pieces never merge.
+    """
+    n = sp.get_piece_size()
+    normal = {
+        sp.id_to_piece(i): i
+        for i in range(n)
+        if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i))
+    }
+    ranked = []
+    for piece, i in normal.items():
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in normal and right in normal:
+                ranked.append((-sp.get_score(i), i, normal[left], normal[right], left, right))
+    ranked.sort()
+    return [(left, right) for *_, left, right in ranked]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Saving
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: str | Path) -> Path:
+    """Write ``tokenizer`` to ``folder`` (``tokenizer.json``, its config, the chat template); returns ``folder``.
+
+    ``AutoTokenizer.from_pretrained(folder)`` then loads the same tokenizer, offline.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def _check_size(tok: PreTrainedTokenizerFast, expected: int, what: str) -> None:
+    if len(tok) != expected:  # a converter change upstream would show here, not as silently shifted ids
+        raise RuntimeError(f"the {what} tokenizer built with {len(tok)} ids, expected {expected}")
