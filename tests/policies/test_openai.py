@@ -24,6 +24,10 @@ MESSAGES = [
 MAX_RETRIES = 3
 
 
+# generous enough that a loaded 2-core CI machine answers a normal request in time
+TIMEOUT = 1.0
+
+
 @pytest.fixture
 def server():
     with FakeOpenAIServer() as srv:
@@ -38,7 +42,7 @@ async def new_policy(server):
         defaults = dict(
             base_url=server.base_url,
             api_key="sk-test",
-            timeout=0.5,
+            timeout=TIMEOUT,
             max_retries=MAX_RETRIES,
             backoff_base=0.01,
             backoff_max=0.05,
@@ -113,7 +117,7 @@ TRANSIENT = [
     ("429", {}),
     ("500", {}),
     ("503", {}),
-    ("slow", {"delay": 1.5}),  # longer than the 0.5 s timeout
+    ("slow", {"delay": 2.5}),  # longer than the timeout
     ("malformed", {}),  # 200, application/json, body is not JSON
     ("malformed", {"content_type": "text/plain"}),
     ("no_choices", {}),
@@ -139,7 +143,7 @@ async def test_transient_fault_is_retried_then_succeeds(server, new_policy, kind
 PERSISTENT = [
     ("500", "HTTP 500"),
     ("429", "HTTP 429"),
-    ("slow", "timed out after 0.5s"),
+    ("slow", f"timed out after {TIMEOUT:g}s"),
     ("malformed", "invalid response: body is not JSON"),
     ("no_choices", "invalid response: no choices"),
     ("null_content", "invalid response: the first choice has no message content"),
