@@ -61,7 +61,8 @@ class RolloutSummary:
     env_time_s: float = 0.0
     policy_time_s: float = 0.0
     steps: int = 0
-    trajectories: list[Trajectory] = field(default_factory=list)
+    # not in repr: asyncio reprs a finished task's result, which would format every trajectory
+    trajectories: list[Trajectory] = field(default_factory=list, repr=False)
 
     @property
     def success_rate(self) -> float:
@@ -129,6 +130,13 @@ def finished_ids(path: str | Path) -> set[str]:
 # One episode
 
 
+def _close_quietly(instance: Environment) -> None:
+    try:
+        instance.close()
+    except Exception:  # closing is best effort; the trajectory is what matters
+        pass
+
+
 class _Episode:
     """Mutable state of one running episode, so a timeout can still record what happened."""
 
@@ -156,17 +164,25 @@ async def run_episode(
     start = time.perf_counter()
     instance: Environment | None = None
 
-    async def call_env(fn: Callable[..., T], *args: object) -> T:
+    def timed(fn: Callable[..., T], *args: object) -> T:
+        # measured inside the worker thread: the hand-off to and from the pool is the engine's cost, not the env's
         t0 = time.perf_counter()
         try:
-            return await loop.run_in_executor(executor, fn, *args)
+            return fn(*args)
         finally:
             ep.env_time += time.perf_counter() - t0
 
-    async def body() -> tuple[EndReason, float, bool, str | None]:
+    async def call_env(fn: Callable[..., T], *args: object) -> T:
+        return await loop.run_in_executor(executor, timed, fn, *args)
+
+    def open_episode() -> str:
         nonlocal instance
-        instance = await call_env(env.make)
-        ep.initial_observation = await call_env(instance.reset, task)
+        instance = env.make()
+        return instance.reset(task)
+
+    async def body() -> tuple[EndReason, float, bool, str | None]:
+        ep.initial_observation = await call_env(open_episode)
+        assert instance is not None
         max_turns = limits.max_turns or env.max_turns
         total_reward = 0.0
         for _ in range(max_turns):
@@ -215,8 +231,10 @@ async def run_episode(
         return "max_turns", total_reward, False, None
 
     try:
-        reason, reward, success, error = await asyncio.wait_for(body(), timeout=limits.timeout_s)
-    except asyncio.TimeoutError:
+        # asyncio.timeout, not wait_for: no extra task per episode (measurably cheaper on the hot path)
+        async with asyncio.timeout(limits.timeout_s):
+            reason, reward, success, error = await body()
+    except TimeoutError:
         reason, reward, success = "timeout", sum(s.reward for s in ep.steps), False
         error = f"episode exceeded {limits.timeout_s:g}s"
     except Exception as e:  # an environment bug must not take the whole run down
@@ -224,10 +242,8 @@ async def run_episode(
         error = f"{type(e).__name__}: {e}"
     finally:
         if instance is not None:
-            try:
-                await loop.run_in_executor(executor, instance.close)
-            except Exception:  # closing is best effort; the trajectory is what matters
-                pass
+            # not awaited: the trajectory need not wait for the teardown (the pool finishes it before shutdown)
+            loop.run_in_executor(executor, _close_quietly, instance)
 
     steps = ep.steps
     if reason not in ("done", "env_truncated") and steps and not steps[-1].truncated:
@@ -291,7 +307,12 @@ async def rollout_async(
     for t in todo:
         queue.put_nowait(t)
 
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="env") as executor, AppendWriter(out) as w:
+    # env calls on a pool; writes on one thread of their own, so an fsync never holds up the next episode
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="env") as executor, ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="writer"
+    ) as write_pool, AppendWriter(out) as w:
+        loop = asyncio.get_running_loop()
+        writes: list[asyncio.Future[None]] = []
 
         async def worker() -> None:
             while True:
@@ -300,12 +321,13 @@ async def rollout_async(
                 except asyncio.QueueEmpty:
                     return
                 traj = await run_episode(env, task, policy, limits=limits, executor=executor)
-                w.write(traj)
+                writes.append(loop.run_in_executor(write_pool, w.write, traj))
                 summary.add(traj)
                 if on_result is not None:
                     on_result(traj, summary)
 
         await asyncio.gather(*(worker() for _ in range(min(concurrency, max(1, len(todo))))))
+        await asyncio.gather(*writes)  # every trajectory is on disk before the run reports done
     summary.wall_time_s = time.perf_counter() - start
     return summary
 

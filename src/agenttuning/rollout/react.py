@@ -61,10 +61,11 @@ def history(traj_or_steps: Trajectory | list[Step], initial_observation: str | N
         steps, first = traj_or_steps.steps, traj_or_steps.initial_observation
     else:
         steps, first = traj_or_steps, initial_observation or ""
-    turns = [Turn(role="user", content=first)]
+    # model_construct: the texts come from validated Steps; re-validating them every turn is the engine's hot path
+    turns = [Turn.model_construct(role="user", content=first, loss=None)]
     for s in steps:
-        turns.append(Turn(role="assistant", content=s.reply, loss=True))
-        turns.append(Turn(role="user", content=s.observation))
+        turns.append(Turn.model_construct(role="assistant", content=s.reply, loss=True))
+        turns.append(Turn.model_construct(role="user", content=s.observation, loss=None))
     return turns
 
 

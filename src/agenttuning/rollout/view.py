@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Group, RenderableType
+from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 
@@ -41,5 +42,5 @@ def render_trajectory(traj: Trajectory, *, max_chars: int = 1500, show_context: 
     parts.append(Text(footer, style=f"bold {colour}"))
     if traj.error:
         parts.append(Text(f"error: {traj.error}", style="red"))
-    title = f"{traj.task.id}  [{traj.task.env}]  policy {traj.policy or '?'}"
+    title = escape(f"{traj.task.id}  [{traj.task.env}]  policy {traj.policy or '?'}")
     return Panel(Group(*parts), title=title, border_style=colour, title_align="left")

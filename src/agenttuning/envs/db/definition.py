@@ -1,0 +1,97 @@
+"""The ``db`` environment family: identity, prompts, tasks, expert (AgentTuning section 2.1; AgentBench's DB task)."""
+
+from __future__ import annotations
+
+import threading
+
+from agenttuning.envs.base import EnvDefinition, Environment, Split
+from agenttuning.envs.db import data, expert, tasks
+from agenttuning.envs.db.env import MAX_ROWS_SHOWN, DbEnv
+from agenttuning.schema import Task, Turn
+
+_SYSTEM_PROMPT = """\
+You work with a SQLite database. Each task is either a question to answer from the data or a change to make to the \
+data; it comes with the list of tables and their columns.
+
+Work step by step. In every turn, first think about what to do next, then take exactly one action, in this form:
+Thought: <your reasoning>
+Action: <one of the two actions below>
+
+1. Run one SQL statement: write "Operation" and then the statement in a ```sql block, like this:
+Action: Operation
+```sql
+SELECT name FROM continents WHERE code = 'AF';
+```
+Only the first statement of the block is run, so send one statement per turn. You will see the rows it returns as a \
+Python list of tuples (at most {rows} rows), the number of rows a change affected, or the error message.
+
+2. Finish: write "Answer" and then "Final Answer:" followed by a Python list, like this:
+Action: Answer
+Final Answer: ["Africa"]
+This ends the task. For a question, the list holds every value asked for, one item per row (a tuple per row when \
+several columns are asked for), in the order the question asks for if it asks for one. For a task that inserts, \
+updates or deletes data, make the change with operations first; then the content of the final answer does not \
+matter (an empty list is fine), only the state of the table is checked.
+
+Use SQLite syntax. Look at the data with queries before answering; never guess. You have at most {turns} turns."""
+
+_EXAMPLE_QUESTION = "Which continent is Iceland in? Give the continent's name."
+_EXAMPLE_SQL = (
+    "SELECT ct.name FROM countries c JOIN continents ct ON ct.code = c.continent_code WHERE c.name = 'Iceland';"
+)
+_EXAMPLE_RESULT = "[('Europe',)]"
+
+
+class DbDefinition(EnvDefinition):
+    """AgentBench's database task rebuilt on real geography data in SQLite (see the package docs)."""
+
+    name = "db"
+    version = 1
+    description = "Answer questions about, and make changes to, a SQLite database of countries, cities and languages."
+    max_turns = 10
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tasks: dict[str, list[Task]] | None = None
+
+    # --- tasks ---------------------------------------------------------------------------------------------
+    def tasks(self, split: Split) -> list[Task]:
+        if split not in ("train", "test"):
+            raise ValueError(f"unknown split {split!r}: use 'train' or 'test'")
+        with self._lock:
+            if self._tasks is None:
+                self._tasks = tasks.derive_all(self.id)
+        return list(self._tasks[split])
+
+    # --- prompts -------------------------------------------------------------------------------------------
+    @property
+    def system_prompt(self) -> str:
+        return _SYSTEM_PROMPT.format(rows=MAX_ROWS_SHOWN, turns=self.max_turns)
+
+    @property
+    def one_shot(self) -> list[Turn]:
+        return [
+            Turn(role="user", content=self.observation(_EXAMPLE_QUESTION)),
+            Turn(role="assistant", content=(
+                "Thought: The countries table only holds a continent code; the continents table has the names. "
+                f"I will join the two.\nAction: Operation\n```sql\n{_EXAMPLE_SQL}\n```")),
+            Turn(role="user", content=_EXAMPLE_RESULT),
+            Turn(role="assistant", content=(
+                "Thought: The query returned Europe, so that is the answer.\n"
+                "Action: Answer\nFinal Answer: ['Europe']")),
+        ]
+
+    def observation(self, question: str) -> str:
+        """The first observation of an episode: the task, then the tables the agent can use."""
+        schema = "\n".join(f"- {table}({columns})" for table, columns in data.SCHEMA.items())
+        return f"{question}\n\nThe database has these tables:\n{schema}"
+
+    # --- episodes ------------------------------------------------------------------------------------------
+    def make(self) -> Environment:
+        return DbEnv(self)
+
+    def expert(self, task: Task, history: list[Turn]) -> str:
+        return expert.expert_reply(task, history)
+
+    def wrong_answer(self, task: Task) -> str:
+        return expert.wrong_reply(task)
