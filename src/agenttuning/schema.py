@@ -14,11 +14,11 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 
-Role = Literal["user", "assistant"]
+Role = Literal["system", "user", "assistant"]
 EndReason = Literal[
     "done",  # the environment ended the task (terminated)
     "env_truncated",  # the environment stopped the task (its own step budget)
@@ -50,9 +50,19 @@ class Task(_Frozen):
 class Turn(_Frozen):
     """One conversation turn; ``loss`` says whether its tokens are trained (None on user turns)."""
 
-    role: Role = Field(description="'user' (environment/human side) or 'assistant' (the agent).")
+    role: Role = Field(
+        description="'user' (environment/human side), 'assistant' (the agent) or 'system' (general chat data only)."
+    )
     content: str = Field(description="The turn's text, verbatim.")
-    loss: bool | None = Field(default=None, description="True: train on it; False: in-context only; None: user.")
+    loss: bool | None = Field(
+        default=None, description="Assistant turns: True to train on it, False in-context only. None otherwise."
+    )
+
+    @model_validator(mode="after")
+    def _loss_only_on_assistant(self) -> Turn:
+        if self.role != "assistant" and self.loss:
+            raise ValueError(f"a {self.role} turn cannot carry loss=True")
+        return self
 
 
 class Step(_Frozen):
@@ -161,7 +171,7 @@ def to_agentinstruct(traj: Trajectory) -> dict[str, Any]:
     return {
         "id": traj.task.id,
         "conversations": [
-            {"from": _FROM[t.role], "loss": None if t.role == "user" else bool(t.loss), "value": t.content}
+            {"from": _FROM[t.role], "loss": None if t.role != "assistant" else bool(t.loss), "value": t.content}
             for t in conversation(traj)
         ],
     }
