@@ -1,0 +1,139 @@
+"""The data stages, one function each, files in and files out (AgentTuning sections 2.1 and 2.2).
+
+- :func:`build_agentinstruct`: trajectory JSONL -> filter -> decontaminate -> ``<out>/<family>.jsonl`` (AgentInstruct
+  layout), ``stats.json``, and ``manifest.json`` written last;
+- :func:`mix_datasets`: AgentInstruct + general chat -> decontaminated general data -> one eta-mixed epoch,
+  ``train.jsonl`` (:class:`~agenttuning.data.example.Example` records) and ``metrics.json`` written last.
+
+A stage's output is complete only once its last file (the manifest or metrics) exists.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from agenttuning.data.decontam import ContaminationIndex, DecontamResult, decontaminate
+from agenttuning.data.example import Example
+from agenttuning.data.filter import PAPER_MIN_REWARD, FilterResult, filter_trajectories
+from agenttuning.data.formats import read_agentinstruct, read_openai, read_sharegpt, write_agentinstruct, write_examples
+from agenttuning.data.mix import epoch_length, premix
+from agenttuning.data.rows import write_json
+from agenttuning.jsonl import read_records
+from agenttuning.schema import Trajectory
+
+PathLike = str | os.PathLike[str]
+
+
+def read_trajectories(inputs: PathLike | Sequence[PathLike]) -> list[Trajectory]:
+    """Every trajectory in the given JSONL files or directories of them (sorted), validated; RecordError on bad."""
+    paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
+    return [t for f in files for t in read_records(f, Trajectory)]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What :func:`build_agentinstruct` did: the filter and decontamination results, and records per family."""
+
+    out_dir: Path
+    filter: FilterResult
+    decontam: DecontamResult[Trajectory]
+    written: dict[str, int]
+
+    @property
+    def kept(self) -> int:
+        return sum(self.written.values())
+
+
+def build_agentinstruct(
+    inputs: PathLike | Sequence[PathLike],
+    out_dir: PathLike,
+    *,
+    min_reward: float | Mapping[str, float] = PAPER_MIN_REWARD,
+    require_success: bool = False,
+    max_tokens: int | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+    index: ContaminationIndex | None = None,
+    fmt: Literal["jsonl", "parquet"] = "jsonl",
+) -> BuildResult:
+    """Trajectories -> AgentInstruct: filter (section 2.1), drop duplicates and test overlap, write per family.
+
+    ``index`` defaults to the test split of every registered environment.
+    """
+    out = Path(out_dir)
+    (out / "manifest.json").unlink(missing_ok=True)  # the output is incomplete until the manifest is rewritten
+    filtered = filter_trajectories(
+        read_trajectories(inputs),
+        min_reward=min_reward,
+        require_success=require_success,
+        max_tokens=max_tokens,
+        count_tokens=count_tokens,
+    )
+    clean = decontaminate(filtered.kept, index)
+    written = write_agentinstruct(clean.kept, out, fmt=fmt)
+    write_json(out / "stats.json", {**filtered.to_json(), "decontam": clean.to_json()})
+    files = {fam: f"{fam}.{fmt}" for fam in sorted(written)}
+    write_json(out / "manifest.json", {"stage": "agentinstruct", "files": files, "records": written})
+    return BuildResult(out, filtered, clean, written)
+
+
+@dataclass(frozen=True)
+class MixResult:
+    """What :func:`mix_datasets` wrote: sizes of both sources, the mixture, and why general examples were dropped."""
+
+    out: Path  # the train.jsonl written
+    n_agent: int
+    n_general: int
+    n: int
+    eta: float
+    seed: int
+    agent_share: float  # realised fraction of agent examples in the mixture
+    general_dropped: Counter[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n_agent": self.n_agent, "n_general": self.n_general, "n": self.n, "eta": self.eta, "seed": self.seed,
+            "agent_share": self.agent_share, "general_dropped": dict(self.general_dropped),
+            "epoch_length": epoch_length(self.n_agent, self.n_general, self.eta),
+        }  # fmt: skip
+
+
+def mix_datasets(
+    agent: PathLike,
+    general: PathLike | None,
+    out_dir: PathLike,
+    *,
+    eta: float = 0.2,
+    n: int | None = None,
+    seed: int = 0,
+    general_format: Literal["sharegpt", "openai"] = "sharegpt",
+    index: ContaminationIndex | None = None,
+) -> MixResult:
+    """One eta-mixture (section 2.2) of AgentInstruct data and general chat, written as ``<out_dir>/train.jsonl``.
+
+    General data is deduplicated and checked against every test instruction first (``index`` defaults to the
+    registry's test splits). ``n`` defaults to one epoch (:func:`~agenttuning.data.mix.epoch_length`).
+    """
+    out = Path(out_dir)
+    (out / "metrics.json").unlink(missing_ok=True)
+    agent_examples = read_agentinstruct(agent).examples
+    general_examples: list[Example] = []
+    dropped: Counter[str] = Counter()
+    if general is not None:
+        loaded = (read_sharegpt if general_format == "sharegpt" else read_openai)(general)
+        clean = decontaminate(loaded.examples, index)
+        general_examples, dropped = clean.kept, loaded.dropped + clean.dropped
+    mixed = premix(agent_examples, general_examples, eta, n, seed)
+    write_examples(mixed, out / "train.jsonl")
+    share = sum(ex.source == "agent" for ex in mixed) / len(mixed) if mixed else 0.0
+    result = MixResult(out / "train.jsonl", len(agent_examples), len(general_examples), len(mixed), eta, seed,
+                       round(share, 4), dropped)  # fmt: skip
+    write_json(out / "metrics.json", {"stage": "mix", **result.to_json()})
+    return result
