@@ -125,3 +125,23 @@ def test_resume_appends_only_missing(tmp_path):
     run("rollout", "--env", "db", "--split", "test", "-n", "6", "--out", str(out), "--resume", "--no-progress")
     ids = [json.loads(line)["task"]["id"] for line in out.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 6
+
+
+def test_filter_then_mix(tmp_path):
+    runs = tmp_path / "runs.jsonl"
+    run("rollout", "--env", "db", "--split", "train", "-n", "40", "--policy", "noisy:0.3", "--out", str(runs),
+        "--no-progress")
+    n_success = sum(t.success for t in read_records(runs, Trajectory))
+    r = run("filter", str(runs), "--out", str(tmp_path / "ai"))
+    assert r.exit_code == 0 and "db-v1" in r.output
+    lines = (tmp_path / "ai" / "db.jsonl").read_text().splitlines()
+    assert 0 < len(lines) <= n_success  # only successful ones survive (minus any decontaminated)
+    rec = json.loads(lines[0])
+    assert set(rec) == {"id", "conversations"} and rec["conversations"][-1]["loss"] is True
+    stats = json.loads((tmp_path / "ai" / "stats.json").read_text())
+    assert stats["envs"][-1]["env"] == "all" and stats["envs"][-1]["total"] == 40
+    assert stats["envs"][-1]["kept"] == n_success
+    r = run("mix", str(tmp_path / "ai"), "--out", str(tmp_path / "mix"), "--eta", "1", "-n", "5")
+    assert r.exit_code == 0 and len((tmp_path / "mix" / "train.jsonl").read_text().splitlines()) == 5
+    r = runner.invoke(app, ["filter", str(runs), "--out", str(tmp_path / "x"), "--min-reward", "db=abc"])
+    assert r.exit_code == 2 and "FAMILY=VALUE" in r.output

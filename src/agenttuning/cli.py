@@ -203,6 +203,74 @@ def check(
         raise typer.Exit(1)
 
 
+@app.command("filter")
+@_friendly
+def filter_(
+    inputs: Annotated[list[Path], typer.Argument(help="Trajectory JSONL files or directories of them.")],
+    out: Annotated[Path, typer.Option(help="Output directory: <family>.jsonl in the AgentInstruct layout.")],
+    min_reward: Annotated[
+        list[str] | None, typer.Option(help="Keep threshold, FAMILY=VALUE or VALUE for all (default: 1, mind2web 2/3).")
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Drop trajectories longer than this (approximate tokens).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or parquet.")] = "jsonl",
+) -> None:
+    """Trajectories -> AgentInstruct: keep by reward, drop unparsable / too long / duplicate / test-contaminated."""
+    from agenttuning.data.filter import PAPER_MIN_REWARD, stats_table
+    from agenttuning.data.stages import build_agentinstruct
+
+    if fmt not in ("jsonl", "parquet"):
+        raise ValueError("--format must be jsonl or parquet")
+    result = build_agentinstruct(
+        inputs, out, min_reward=_thresholds(min_reward) if min_reward else PAPER_MIN_REWARD,
+        max_tokens=max_tokens, fmt=fmt,  # type: ignore[arg-type]
+    )
+    console.print(stats_table(result.filter))
+    drops = result.decontam.dropped
+    console.print(
+        f"decontamination and dedup: kept {len(result.decontam.kept)}, dropped "
+        + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")
+    )
+    console.print(f"wrote {result.kept} trajectories to {out}/ " + str(dict(sorted(result.written.items()))))
+
+
+def _thresholds(items: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        family, sep, value = item.rpartition("=")
+        try:
+            out[family if sep else "*"] = float(value)
+        except ValueError:
+            raise ValueError(f"--min-reward {item!r}: expected FAMILY=VALUE or VALUE") from None
+    return out
+
+
+@app.command()
+@_friendly
+def mix(
+    agent: Annotated[Path, typer.Argument(help="AgentInstruct data (a file or a directory of family files).")],
+    out: Annotated[Path, typer.Option(help="Output directory (train.jsonl + metrics.json).")],
+    general: Annotated[Path | None, typer.Option(help="General chat data (ShareGPT or OpenAI messages).")] = None,
+    eta: Annotated[float, typer.Option(help="Share of agent data (the paper: 0.2).")] = 0.2,
+    n: Annotated[int | None, typer.Option("-n", help="Examples to draw (default: one epoch).")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    general_format: Annotated[str, typer.Option(help="sharegpt or openai.")] = "sharegpt",
+) -> None:
+    """A static eta-mixture of agent and general data (each example is agent data with probability eta)."""
+    from agenttuning.data.stages import mix_datasets
+
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError("--eta must be in [0, 1]")
+    if general_format not in ("sharegpt", "openai"):
+        raise ValueError("--general-format must be sharegpt or openai")
+    r = mix_datasets(agent, general, out, eta=eta, n=n, seed=seed, general_format=general_format)  # type: ignore[arg-type]
+    t = Table(title=f"mix → {r.out}", header_style="bold")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in r.to_json().items():
+        t.add_row(k, str(v))
+    console.print(t)
+
+
 def _split(split: str) -> Any:
     if split not in ("train", "test"):
         raise ValueError(f"--split must be train or test, not {split!r}")
