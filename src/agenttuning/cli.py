@@ -271,6 +271,53 @@ def mix(
     console.print(t)
 
 
+@app.command()
+@_friendly
+def prepare(
+    data: Annotated[list[Path], typer.Argument(help="Examples: mix output, AgentInstruct, ShareGPT, OpenAI or trajectories.")],
+    tokenizer: Annotated[str, typer.Option(help="HF id or path; llama3, mistral, tekken build the real ones offline.")],
+    out: Annotated[Path, typer.Option(help="Output directory (train.parquet|jsonl, stats.json, manifest.json).")],
+    max_len: Annotated[int, typer.Option(help="Sequence length (the paper: 4096).")] = 4096,
+    pack: Annotated[bool, typer.Option(help="Best-fit-decreasing packing, padding-free.")] = True,
+    policy: Annotated[str, typer.Option(help="Too long: truncate_turns (cut at a turn boundary) or drop.")] = "truncate_turns",
+    template: Annotated[str | None, typer.Option(help="Chat template (default: the tokenizer's own): llama2-chat, llama3, mistral, chatml.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
+    show: Annotated[int, typer.Option(help="Print K examples with the trained tokens coloured.")] = 0,
+) -> None:
+    """Tokenise, mask (loss only on trained assistant turns), fit to max_len and pack examples for training."""
+    from agenttuning.tokens.masks import visualize
+    from agenttuning.tokens.prepare import prepare as run
+
+    if fmt not in ("parquet", "jsonl"):
+        raise ValueError("--format must be parquet or jsonl")
+    if policy not in ("truncate_turns", "drop"):
+        raise ValueError("--policy must be truncate_turns or drop")
+    r = run(data, tokenizer, out, max_len=max_len, packed=pack, policy=policy, template=template, fmt=fmt)  # type: ignore[arg-type]
+    t = Table(title=f"prepare → {out}", header_style="bold")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    L = r.length
+    t.add_row("examples in", f"{r.examples_in} " + str(r.sources))
+    if r.rejected:
+        t.add_row("rejected by the template", str(r.rejected))
+    t.add_row(f"fitted to {max_len} ({L.policy})", f"kept {L.kept}, cut {L.cut}, dropped {L.dropped}")
+    t.add_row("tokens lost", f"{L.tokens_lost} of {L.tokens_total}")
+    t.add_row("trained tokens lost", f"{L.trained_lost} of {L.trained_total}")
+    for name, d in r.length_policies.items():
+        t.add_row(f"  if {name}", f"loses {d['trained_total'] - d['trained_kept']} trained tokens")
+    t.add_row("rows", str(r.packing.rows))
+    t.add_row("packing efficiency", f"{r.packing.efficiency:.2%}")
+    t.add_row("tokenise+mask+pack", f"{r.tokens_per_s:,.0f} tokens/s")
+    console.print(t)
+    if show:
+        from agenttuning.tokens.prepare import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+        for ex, enc in list(zip(r.examples, r.encoded))[:show]:
+            console.rule(f"{ex.id} [{ex.source}/{ex.family}] {len(enc.input_ids)} tokens, {enc.num_trained} trained")
+            console.print(visualize(enc, tok, max_tokens=2000))
+
+
 def _split(split: str) -> Any:
     if split not in ("train", "test"):
         raise ValueError(f"--split must be train or test, not {split!r}")

@@ -64,3 +64,11 @@ MISTRAL_CHAT_TEMPLATE = (
     "{%- endif -%}"
     "{%- endfor -%}"
 )
+
+#: Mistral Tekken (Mistral NeMo, ``tekken_240718.json``): the same rendering as :data:`MISTRAL_CHAT_TEMPLATE`,
+#: which is exactly what mistral-common's v3 Tekken encoder produces: ``<s>[INST]{user}[/INST]{assistant}</s>``
+#: with ``[INST]``/``[/INST]`` control tokens and no spaces around them (Tekken has no SentencePiece dummy
+#: prefix, so ``[INST] hi`` would put a space into the text), a leading system message in front of the last user
+#: message. That system placement makes it *not* prefix-preserving for conversations with a system message; the
+#: structured ``mistral`` template of :mod:`agenttuning.tokens.templates` puts it in front of the first one instead.
+TEKKEN_CHAT_TEMPLATE = MISTRAL_CHAT_TEMPLATE

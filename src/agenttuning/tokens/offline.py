@@ -5,6 +5,9 @@
 * :func:`mistral_tokenizer`: Mistral's instruct v3 SentencePiece tokenizer (32,768 ids), from the
   ``mistral-common`` wheel, rebuilt as a byte-fallback BPE in ``tokenizers``. Its small vocabulary makes it the
   cheap real tokenizer for training tests.
+* :func:`tekken_tokenizer`: Mistral's Tekken tokenizer (Mistral NeMo; 131,072 ids, the first 1,000 of them control
+  tokens), from ``tekken_240718.json`` in the ``mistral-common`` wheel, loaded by ``AutoTokenizer`` (transformers
+  reads ``tekken.json`` natively) and cached converted under ``$AGENTTUNING_CACHE``.
 
 Both return a ``PreTrainedTokenizerFast`` with a chat template (:mod:`.chat_templates`), are built once per process
 (``lru_cache``: treat the returned object as read-only, or ``copy.deepcopy`` it), and can be written to a folder
@@ -22,14 +25,18 @@ Example (needs ``pip install llama-models``)::
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
+import tempfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agenttuning.tokens.chat_templates import LLAMA3_CHAT_TEMPLATE, MISTRAL_CHAT_TEMPLATE
+from agenttuning.tokens.chat_templates import LLAMA3_CHAT_TEMPLATE, MISTRAL_CHAT_TEMPLATE, TEKKEN_CHAT_TEMPLATE
 
 if TYPE_CHECKING:
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
 __all__ = [
@@ -41,6 +48,8 @@ __all__ = [
     "mistral_sentencepiece_path",
     "mistral_tokenizer",
     "save_tokenizer",
+    "tekken_path",
+    "tekken_tokenizer",
 ]
 
 #: Llama 3's pre-tokenisation regex (the tiktoken ``pat_str`` Meta ships with the model).
@@ -72,6 +81,7 @@ LLAMA3_SPECIAL_TOKENS: tuple[str, ...] = _LLAMA3_NAMED_SPECIALS + tuple(
 )
 
 _MISTRAL_V3_FILE = "mistral_instruct_tokenizer_240323.model.v3"
+_TEKKEN_FILE = "tekken_240718.json"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -86,6 +96,11 @@ def llama3_bpe_path() -> Path:
 def mistral_sentencepiece_path() -> Path:
     """Path of Mistral's instruct v3 SentencePiece model inside the ``mistral-common`` wheel."""
     return _wheel_file("mistral_common", f"data/{_MISTRAL_V3_FILE}", pip_name="mistral-common")
+
+
+def tekken_path() -> Path:
+    """Path of Mistral's Tekken vocabulary (``tekken_240718.json``, Mistral NeMo's) inside the ``mistral-common`` wheel."""
+    return _wheel_file("mistral_common", f"data/{_TEKKEN_FILE}", pip_name="mistral-common")
 
 
 def _wheel_file(package: str, relative: str, *, pip_name: str) -> Path:
@@ -259,6 +274,110 @@ def _spm_merges(sp) -> list[tuple[str, str]]:  # noqa: ANN001 - a SentencePieceP
                 ranked.append((-sp.get_score(i), i, normal[left], normal[right], left, right))
     ranked.sort()
     return [(left, right) for *_, left, right in ranked]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Mistral Tekken (tiktoken-style BPE, Mistral NeMo)
+
+
+@lru_cache(maxsize=1)
+def tekken_tokenizer() -> PreTrainedTokenizerFast:
+    """Mistral's Tekken tokenizer (131,072 ids) as a transformers fast tokenizer, built offline.
+
+    ``tekken_240718.json`` (:func:`tekken_path`) is copied as ``tekken.json`` into
+    ``$AGENTTUNING_CACHE/tokenizers/tekken-240718/`` (default ``~/.cache/agenttuning``), the layout
+    ``AutoTokenizer.from_pretrained(folder)`` reads natively: a byte-level BPE over the 130,072 ranks of the
+    file after 1,000 control tokens (``<unk>`` 0, ``<s>`` 1, ``</s>`` 2, ``[INST]`` 3, ``[/INST]`` 4, ...,
+    ``<pad>`` 11, ``[SYSTEM_PROMPT]`` 17, ...; all special), split by Tekken's own regex. That conversion takes
+    seconds, so its result is kept beside the file (keyed by the file's hash and the transformers/tokenizers
+    versions) and later processes load it directly.
+
+    Added here, as on Mistral's hub checkpoints: bos ``<s>`` added by ``tok(text)`` (not with
+    ``add_special_tokens=False``), eos ``</s>``, unk ``<unk>``, pad ``<pad>``; lossless decoding; the chat template
+    :data:`~.chat_templates.TEKKEN_CHAT_TEMPLATE` (``<s>[INST]{user}[/INST]{assistant}</s>``, as mistral-common's
+    v3 Tekken encoder renders it: no spaces, Tekken has no SentencePiece dummy prefix). Tests check the ids against
+    mistral-common's ``Tekkenizer`` and its chat encoder.
+    """
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = _tekken_backend()
+    bos = "<s>"
+    backend.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{bos}:0 $A:0",
+                pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+                special_tokens=[(bos, backend.token_to_id(bos))],
+            ),
+        ]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=bos,
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        chat_template=TEKKEN_CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+        model_max_length=131072,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    _check_size(tok, 131072, "Tekken")
+    return tok
+
+
+def _tekken_backend() -> Tokenizer:
+    """The ``tokenizers`` backend of Tekken: from the cache when a matching conversion is there, else converted."""
+    import tokenizers
+    import transformers
+    from tokenizers import Tokenizer
+
+    source = tekken_path()
+    data = source.read_bytes()
+    folder = _cache_dir() / "tokenizers" / "tekken-240718"
+    key = hashlib.sha256(
+        data + f"|transformers={transformers.__version__}|tokenizers={tokenizers.__version__}".encode()
+    ).hexdigest()[:16]
+    converted = folder / f"converted-{key}.json"
+    if converted.is_file():
+        try:
+            return Tokenizer.from_file(str(converted))
+        except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt below
+            pass
+    from transformers import AutoTokenizer
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomic(folder / "tekken.json", data)
+        loaded = AutoTokenizer.from_pretrained(str(folder))
+        backend = loaded.backend_tokenizer
+        _write_atomic(converted, backend.to_str().encode())
+    except OSError:  # a read-only cache: convert from a temporary folder, keep nothing
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "tekken.json").write_bytes(data)
+            backend = AutoTokenizer.from_pretrained(tmp).backend_tokenizer
+    return backend
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("AGENTTUNING_CACHE") or Path.home() / ".cache" / "agenttuning")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (concurrent writers never half-write)."""
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep a shared cache from other users
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 # --------------------------------------------------------------------------------------------------------------
