@@ -143,5 +143,8 @@ def test_filter_then_mix(tmp_path):
     assert stats["envs"][-1]["kept"] == n_success
     r = run("mix", str(tmp_path / "ai"), "--out", str(tmp_path / "mix"), "--eta", "1", "-n", "5")
     assert r.exit_code == 0 and len((tmp_path / "mix" / "train.jsonl").read_text().splitlines()) == 5
+    r = run("filter", str(runs), "--out", str(tmp_path / "agentinstruct.jsonl"))
+    assert r.exit_code == 0 and (tmp_path / "agentinstruct.jsonl").read_text().splitlines() == lines
+    assert (tmp_path / "agentinstruct.stats.json").exists() and (tmp_path / "agentinstruct.manifest.json").exists()
     r = runner.invoke(app, ["filter", str(runs), "--out", str(tmp_path / "x"), "--min-reward", "db=abc"])
     assert r.exit_code == 2 and "FAMILY=VALUE" in r.output

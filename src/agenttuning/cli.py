@@ -207,7 +207,7 @@ def check(
 @_friendly
 def filter_(
     inputs: Annotated[list[Path], typer.Argument(help="Trajectory JSONL files or directories of them.")],
-    out: Annotated[Path, typer.Option(help="Output directory: <family>.jsonl in the AgentInstruct layout.")],
+    out: Annotated[Path, typer.Option(help="Output: a directory (<family>.jsonl, the published layout) or one .jsonl/.parquet file.")],
     min_reward: Annotated[
         list[str] | None, typer.Option(help="Keep threshold, FAMILY=VALUE or VALUE for all (default: 1, mind2web 2/3).")
     ] = None,

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agenttuning.data.decontam import ContaminationIndex, DecontamResult, decontaminate
-from agenttuning.data.example import Example
+from agenttuning.data.example import Example, from_trajectory
 from agenttuning.data.filter import PAPER_MIN_REWARD, FilterResult, filter_trajectories
-from agenttuning.data.formats import read_agentinstruct, read_openai, read_sharegpt, write_agentinstruct, write_examples
+from agenttuning.data.formats import (agentinstruct_schema, read_agentinstruct, read_openai, read_sharegpt,
+                                      to_agentinstruct_record, write_agentinstruct, write_examples)  # fmt: skip
 from agenttuning.data.mix import epoch_length, premix
-from agenttuning.data.rows import write_json
+from agenttuning.data.rows import write_json, write_rows
 from agenttuning.jsonl import read_records
 from agenttuning.schema import Trajectory
 
@@ -65,10 +66,16 @@ def build_agentinstruct(
 ) -> BuildResult:
     """Trajectories -> AgentInstruct: filter (section 2.1), drop duplicates and test overlap, write per family.
 
-    ``index`` defaults to the test split of every registered environment.
+    ``index`` defaults to the test split of every registered environment. An ``out_dir`` ending in ``.jsonl`` or
+    ``.parquet`` is one file holding every family instead, with ``<stem>.stats.json`` and ``<stem>.manifest.json``
+    beside it.
     """
-    out = Path(out_dir)
-    (out / "manifest.json").unlink(missing_ok=True)  # the output is incomplete until the manifest is rewritten
+    target = Path(out_dir)
+    single = target.suffix in (".jsonl", ".parquet")
+    out = target.parent if single else target
+    stats_path = out / (f"{target.stem}.stats.json" if single else "stats.json")
+    manifest_path = out / (f"{target.stem}.manifest.json" if single else "manifest.json")
+    manifest_path.unlink(missing_ok=True)  # the output is incomplete until the manifest is rewritten
     filtered = filter_trajectories(
         read_trajectories(inputs),
         min_reward=min_reward,
@@ -77,10 +84,18 @@ def build_agentinstruct(
         count_tokens=count_tokens,
     )
     clean = decontaminate(filtered.kept, index)
-    written = write_agentinstruct(clean.kept, out, fmt=fmt)
-    write_json(out / "stats.json", {**filtered.to_json(), "decontam": clean.to_json()})
-    files = {fam: f"{fam}.{fmt}" for fam in sorted(written)}
-    write_json(out / "manifest.json", {"stage": "agentinstruct", "files": files, "records": written})
+    if single:
+        examples = [from_trajectory(t) for t in clean.kept]
+        fmt = "parquet" if target.suffix == ".parquet" else "jsonl"
+        write_rows(target, [to_agentinstruct_record(ex) for ex in examples],
+                   schema=agentinstruct_schema() if fmt == "parquet" else None)
+        written = dict(Counter(ex.family for ex in examples))
+        files = {fam: target.name for fam in sorted(written)}
+    else:
+        written = write_agentinstruct(clean.kept, out, fmt=fmt)
+        files = {fam: f"{fam}.{fmt}" for fam in sorted(written)}
+    write_json(stats_path, {**filtered.to_json(), "decontam": clean.to_json()})
+    write_json(manifest_path, {"stage": "agentinstruct", "files": files, "records": written})
     return BuildResult(out, filtered, clean, written)
 
 
