@@ -29,7 +29,6 @@ from agenttuning.data.mix import premix
 from agenttuning.envs.base import get
 from agenttuning.policies.baselines import ExpertPolicy
 from agenttuning.rollout.engine import rollout
-from agenttuning.schema import Turn
 from agenttuning.tokens.length import fit_all
 from agenttuning.tokens.masks import render_batch
 from agenttuning.tokens.offline import llama3_tokenizer

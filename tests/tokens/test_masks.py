@@ -20,7 +20,7 @@ import pytest
 from agenttuning.schema import Turn
 from agenttuning.tokens.masks import IGNORE_INDEX, Encoded, render, render_batch, render_text, visualize
 from agenttuning.tokens.offline import llama3_tokenizer, mistral_tokenizer, tekken_path, tekken_tokenizer
-from agenttuning.tokens.templates import TEMPLATES, get_template, markup_text
+from agenttuning.tokens.templates import get_template, markup_text
 from tests.tokens.conversations import (
     agent_conversations,
     conversations,

@@ -31,7 +31,7 @@ import tempfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agenttuning.tokens.chat_templates import LLAMA3_CHAT_TEMPLATE, MISTRAL_CHAT_TEMPLATE, TEKKEN_CHAT_TEMPLATE
 
@@ -148,8 +148,6 @@ def llama3_tokenizer() -> PreTrainedTokenizerFast:
     end-of-turn token ``<|eot_id|>``; pad is ``<|finetune_right_pad_id|>``. Decoding is lossless
     (``clean_up_tokenization_spaces=False``). Chat template: :data:`~.chat_templates.LLAMA3_CHAT_TEMPLATE`.
     """
-    from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     class _Converter(TikTokenConverter):
@@ -160,7 +158,20 @@ def llama3_tokenizer() -> PreTrainedTokenizerFast:
     backend = _Converter(
         vocab_file=str(path), pattern=LLAMA3_PATTERN, extra_special_tokens=list(LLAMA3_SPECIAL_TOKENS)
     ).converted()
-    bos = "<|begin_of_text|>"
+    return _byte_level_tokenizer(
+        backend, bos="<|begin_of_text|>", eos="<|eot_id|>", pad="<|finetune_right_pad_id|>", unk=None,
+        chat_template=LLAMA3_CHAT_TEMPLATE, size=128256, what="Llama 3",
+    )
+
+
+def _byte_level_tokenizer(
+    backend: Any, *, bos: str, eos: str, pad: str, unk: str | None, chat_template: str, size: int, what: str
+) -> PreTrainedTokenizerFast:
+    """Wrap a byte-level BPE backend as Hugging Face does for these models: bos added by ``tok(text)``, lossless
+    decoding, the chat template attached; the vocabulary size is checked."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
     backend.post_processor = processors.Sequence(
         [
             processors.ByteLevel(trim_offsets=False),
@@ -174,14 +185,15 @@ def llama3_tokenizer() -> PreTrainedTokenizerFast:
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=bos,
-        eos_token="<|eot_id|>",
-        pad_token="<|finetune_right_pad_id|>",
-        chat_template=LLAMA3_CHAT_TEMPLATE,
+        eos_token=eos,
+        pad_token=pad,
+        **({"unk_token": unk} if unk else {}),
+        chat_template=chat_template,
         clean_up_tokenization_spaces=False,
         model_max_length=131072,
         model_input_names=["input_ids", "attention_mask"],
     )
-    _check_size(tok, 128256, "Llama 3")
+    _check_size(tok, size, what)
     return tok
 
 
@@ -298,34 +310,10 @@ def tekken_tokenizer() -> PreTrainedTokenizerFast:
     v3 Tekken encoder renders it: no spaces, Tekken has no SentencePiece dummy prefix). Tests check the ids against
     mistral-common's ``Tekkenizer`` and its chat encoder.
     """
-    from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
-
-    backend = _tekken_backend()
-    bos = "<s>"
-    backend.post_processor = processors.Sequence(
-        [
-            processors.ByteLevel(trim_offsets=False),
-            processors.TemplateProcessing(
-                single=f"{bos}:0 $A:0",
-                pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
-                special_tokens=[(bos, backend.token_to_id(bos))],
-            ),
-        ]
+    return _byte_level_tokenizer(
+        _tekken_backend(), bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", chat_template=TEKKEN_CHAT_TEMPLATE,
+        size=131072, what="Tekken",
     )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=bos,
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        chat_template=TEKKEN_CHAT_TEMPLATE,
-        clean_up_tokenization_spaces=False,
-        model_max_length=131072,
-        model_input_names=["input_ids", "attention_mask"],
-    )
-    _check_size(tok, 131072, "Tekken")
-    return tok
 
 
 def _tekken_backend() -> Tokenizer:
