@@ -318,6 +318,39 @@ def prepare(
             console.print(visualize(enc, tok, max_tokens=2000))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(help="YAML config (configs/*.yaml); key=value arguments override it.")] = None,
+) -> None:
+    """Hybrid instruction tuning (full or LoRA) of any Hugging Face causal LM on prepared agent + general data.
+
+    Multi-GPU / multi-node: accelerate launch --config_file configs/accelerate/<x>.yaml -m agenttuning.train ...
+    """
+    from agenttuning.train import ConfigError, load_config
+    from agenttuning.train import train as run
+
+    try:
+        cfg = load_config(config, list(ctx.args))
+    except ConfigError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    result = run(cfg)
+    t = Table(title=f"train → {result.output_dir}", header_style="bold")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("steps", f"{result.steps} / {result.total_steps}")
+    if result.losses:
+        t.add_row("loss first → last", f"{result.losses[0]:.4f} → {result.losses[-1]:.4f}")
+    for k, v in sorted(result.eval.items()):
+        t.add_row(k, f"{v:.4f}")
+    t.add_row("tokens (trained)", f"{result.tokens:,} ({result.trained_tokens:,})")
+    t.add_row("tokens/s", f"{result.tokens_per_s:,.0f}")
+    t.add_row("loss path", result.loss_impl)
+    t.add_row("model", str(result.model_dir))
+    console.print(t)
+
+
 def _split(split: str) -> Any:
     if split not in ("train", "test"):
         raise ValueError(f"--split must be train or test, not {split!r}")

@@ -13,8 +13,8 @@ A linear story (AgentTuning section 2.2 trains on assistant outputs only, at seq
    only once the manifest exists).
 
 Rows: ``input_ids``, ``labels`` (aligned, -100 where no loss), and when packed ``position_ids`` (restarting at every
-example) and ``seq_lens``; unpacked rows carry ``id``, ``source`` and ``family`` instead, which is what the trainer
-mixes by eta.
+example) and ``seq_lens``; unpacked rows carry ``id``, ``source``, ``family`` and ``turn_ends`` instead: the form
+the trainer reads (``--no-pack``), since it draws the eta-mixture and packs its own batches.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def prepare(
                     "seq_lens": list(r.seq_lens)} for r in rows]  # fmt: skip
     else:
         records = [{"id": examples[i].id, "source": examples[i].source, "family": examples[i].family,
-                    "input_ids": list(e.input_ids), "labels": list(e.labels)}
+                    "input_ids": list(e.input_ids), "labels": list(e.labels), "turn_ends": list(e.turn_ends)}
                    for i, e in zip(kept_idx, kept)]  # fmt: skip
     write_rows(out / f"train.{fmt}", records)
     policies = {f"{pol}@{n}": r.to_dict() for (pol, n), r in compare_policies(encoded, (max_len,)).items()}

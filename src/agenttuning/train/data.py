@@ -120,6 +120,10 @@ def _read_file(path: Path) -> tuple[list[Any], list[Any], list[Any] | None]:
     for _, where, row in iter_rows(path):
         if not isinstance(row, dict) or "input_ids" not in row or "labels" not in row:
             raise RecordError(path, int(where.split()[-1]), "expected an object with input_ids and labels")
+        if "position_ids" in row or "seq_lens" in row:
+            # a packed row holds several examples: read as one, they would attend to each other
+            raise RecordError(path, int(where.split()[-1]), "packed rows: prepare training data with --no-pack "
+                              "(the trainer packs its own batches from the eta-mixture)")
         ids.append(row["input_ids"])
         labels.append(row["labels"])
         ends.append(row.get("turn_ends"))
