@@ -351,6 +351,27 @@ def train(
     console.print(t)
 
 
+@app.command()
+@_friendly
+def serve(
+    model: Annotated[str, typer.Argument(help="HF id or local path of the model to serve.")],
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    served_name: Annotated[str | None, typer.Option(help="Model name clients send (default: MODEL).")] = None,
+    backend: Annotated[str, typer.Option(help="auto (vLLM when installed, else transformers), hf or vllm.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Most concurrent requests per generate call.")] = 8,
+    max_tokens: Annotated[int, typer.Option(help="Default reply length when a request sets none.")] = 512,
+    temperature: Annotated[float, typer.Option(help="Default temperature when a request sets none.")] = 1.0,
+) -> None:
+    """An OpenAI-compatible /v1/chat/completions server over a local model (rollouts and eval use openai:NAME)."""
+    from agenttuning.serve import serve as run
+
+    if backend not in ("auto", "hf", "vllm"):
+        raise ValueError("--backend must be auto, hf or vllm")
+    run(model, host=host, port=port, served_name=served_name, backend=backend, batch_size=batch_size,
+        max_new_tokens_default=max_tokens, temperature_default=temperature)
+
+
 def _split(split: str) -> Any:
     if split not in ("train", "test"):
         raise ValueError(f"--split must be train or test, not {split!r}")

@@ -1,0 +1,330 @@
+"""Generation backends behind ``agenttuning serve``: :class:`HFBackend` (always available) and :class:`VLLMBackend`.
+
+A backend turns one request (turns + :class:`Sampling`) into a :class:`~agenttuning.serve.protocol.Completion`.
+
+``HFBackend`` reuses :class:`~agenttuning.policies.hf.HFPolicy`, so the server renders, batches, stops and decodes
+exactly as the ``hf:`` policy does in a rollout (same ids, same greedy text). An HFPolicy has *fixed* sampling
+settings, so the backend keeps one policy per distinct ``(temperature, top_p, max_tokens)`` -- all wrapping the
+same model object (and hence sharing its generation lock) -- made lazily and kept in a small LRU of idle ones.
+Concurrent requests with the same settings (the usual case: a rollout's episodes all send the same settings)
+land in the same policy and are batched into shared ``generate`` calls; requests with different settings
+run in separate batches, one after the other on the model. Greedy requests (``temperature == 0`` or
+``top_p == 0``) share one key whatever their ``top_p``/``seed``. A *seeded* sampled request gets a policy of its
+own, seeded with its seed and closed afterwards, so the same request with the same seed gives the same text
+(it is then never batched with others: HFPolicy draws depend on the batch).
+
+``finish_reason`` is exact: the backend's policy subclass marks each decoded text with whether its completion
+ended on a stop token (``"stop"``) or ran out of new tokens (``"length"``; also when the context window capped
+the request's ``max_tokens``). ``stop`` strings are applied to the decoded text afterwards (HFPolicy has no
+per-request stopping criteria), so generation still runs to a stop token or ``max_tokens``: ``completion_tokens``
+counts what the model generated.
+
+Doing better needs a small change in ``hf.py``: per-request ``max_new_tokens``/``temperature``/``top_p``/seeded
+generator and stop strings carried by each queued request, with ``generate_batch`` taking the batch's largest
+``max_new_tokens``, a per-row Gumbel sampler and a ``StoppingCriteria`` per row, then cutting each row at its own
+limit. Mixed-setting requests could then share batches.
+
+``VLLMBackend`` (used when ``vllm`` is importable and the model is given by name/path; untested here, vllm is a
+GPU-only dependency) renders the same chat template with the Hugging Face tokenizer, hands the token ids to
+``vllm.AsyncLLMEngine`` with the request's ``SamplingParams`` (vLLM batches continuously and applies stop strings
+natively) and reports vLLM's own finish reason and token counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from agenttuning.policies.base import PolicyError
+from agenttuning.policies.hf import HFPolicy
+from agenttuning.schema import Task, Turn, to_openai_messages
+from agenttuning.serve.protocol import APIError, Completion
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HFBackend", "Sampling", "VLLMBackend", "vllm_available"]
+
+_TASK = Task(id="serve", env="serve", split="test", instruction="an HTTP request")  # HFPolicy.act wants a task
+_STAT_KEYS = ("batches", "requests", "max_batch", "failed_batches")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One request's generation settings, defaults already filled in."""
+
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_p == 0
+
+
+def vllm_available() -> bool:
+    """Whether ``import vllm`` would work (checked without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hugging Face (HFPolicy)
+
+
+class _Text(str):
+    """A decoded reply that also says why generation ended."""
+
+    finish_reason: str
+
+
+class _ServePolicy(HFPolicy):
+    """HFPolicy whose decoded text carries its finish reason (``Reply.text`` stays a ``str``)."""
+
+    def decode(self, completion: list[int]) -> str:
+        text = _Text(super().decode(completion))
+        text.finish_reason = "stop" if completion and completion[-1] in self.stop_token_ids else "length"
+        return text
+
+
+class HFBackend:
+    """Local generation with HFPolicy, one policy per distinct sampling setting (see the module docstring)."""
+
+    kind = "hf"
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        tokenizer: str | PreTrainedTokenizerBase | None = None,
+        *,
+        device: str | None = None,
+        dtype: str = "auto",
+        batch_size: int = 8,
+        batch_wait_ms: float = 5.0,
+        max_new_tokens_default: int = 512,
+        max_context_tokens: int | None = None,
+        max_policies: int = 8,
+    ) -> None:
+        self._options = {"batch_size": batch_size, "batch_wait_ms": batch_wait_ms}
+        # the first policy loads the model; every later one wraps the same objects
+        base = _ServePolicy(
+            model, tokenizer=tokenizer, device=device, dtype=dtype, max_new_tokens=max_new_tokens_default,
+            max_context_tokens=max_context_tokens, **self._options,
+        )  # fmt: skip
+        self.model, self.tokenizer = base.model, base.tokenizer
+        self.max_context_tokens = base.max_context_tokens
+        self.max_policies = max(1, max_policies)
+        self._policies: OrderedDict[tuple, _ServePolicy] = OrderedDict({(0.0, 1.0, max_new_tokens_default): base})
+        self._inflight: dict[tuple, int] = {}
+        self._retired = dict.fromkeys(_STAT_KEYS, 0)  # counters of policies already closed
+        self._closed = False
+
+    def encode(self, turns: list[Turn]) -> list[int]:
+        """The prompt ids (HFPolicy's rendering); 400 when the template rejects it or it fills the context."""
+        policy = next(iter(self._policies.values()))
+        try:
+            ids = policy.encode(turns)
+        except Exception as e:  # e.g. a template that rejects the role order
+            raise APIError(400, f"the chat template cannot render these messages: {e}", param="messages") from e
+        if self.max_context_tokens is not None and len(ids) >= self.max_context_tokens:
+            raise APIError(
+                400,
+                f"the prompt is {len(ids)} tokens, which leaves no room to reply within the model's context of "
+                f"{self.max_context_tokens} tokens",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        return ids
+
+    async def complete(self, turns: list[Turn], sampling: Sampling) -> Completion:
+        """Generate one reply; :class:`APIError` 400 for a bad prompt, 500 when generation fails."""
+        if self._closed:
+            raise APIError(503, "the server is shutting down", type="server_error")
+        self.encode(turns)  # a bad prompt is the client's error (400), not a generation failure
+        if sampling.greedy:
+            key: tuple = (0.0, 1.0, sampling.max_tokens)
+        else:
+            key = (float(sampling.temperature), float(sampling.top_p), sampling.max_tokens)
+        one_shot = not sampling.greedy and sampling.seed is not None
+        policy = self._new_policy(key, seed=sampling.seed) if one_shot else self._policy(key)
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+        try:
+            reply = await policy.act(turns, task=_TASK)
+        except PolicyError as e:
+            raise APIError(500, str(e), type="server_error") from e
+        finally:
+            self._inflight[key] -= 1
+            if one_shot:
+                await self._retire(policy)
+            else:
+                await self._evict_idle()
+        finish = getattr(reply.text, "finish_reason", "length")
+        return Completion(str(reply.text), finish, reply.usage.prompt_tokens, reply.usage.completion_tokens)
+
+    def stats(self) -> dict[str, Any]:
+        """Batching counters summed over every policy so far (``max_batch``: the largest), and live policies."""
+        out = dict(self._retired)
+        for policy in self._policies.values():
+            for k in _STAT_KEYS:
+                out[k] = max(out[k], policy.stats[k]) if k == "max_batch" else out[k] + policy.stats[k]
+        out["policies"] = len(self._policies)
+        return out
+
+    async def aclose(self) -> None:
+        self._closed = True
+        policies, self._policies = list(self._policies.values()), OrderedDict()
+        for policy in policies:
+            await self._retire(policy)
+
+    # -- policies ---------------------------------------------------------------------------------------------------
+    def _new_policy(self, key: tuple, *, seed: int | None = None) -> _ServePolicy:
+        temperature, top_p, max_tokens = key
+        return _ServePolicy(
+            self.model, tokenizer=self.tokenizer, max_new_tokens=max_tokens, temperature=temperature,
+            top_p=top_p, max_context_tokens=self.max_context_tokens, seed=seed, **self._options,
+        )  # fmt: skip
+
+    def _policy(self, key: tuple) -> _ServePolicy:
+        policy = self._policies.get(key)
+        if policy is None:
+            policy = self._policies[key] = self._new_policy(key)
+        self._policies.move_to_end(key)
+        return policy
+
+    async def _evict_idle(self) -> None:
+        """Close the least recently used idle policies while there are more than ``max_policies``."""
+        for key in list(self._policies):
+            if len(self._policies) <= self.max_policies:
+                return
+            if self._inflight.get(key, 0) == 0:
+                await self._retire(self._policies.pop(key))
+                self._inflight.pop(key, None)
+
+    async def _retire(self, policy: _ServePolicy) -> None:
+        for k in _STAT_KEYS:
+            v = policy.stats[k]
+            self._retired[k] = max(self._retired[k], v) if k == "max_batch" else self._retired[k] + v
+        policy.stats = dict.fromkeys(_STAT_KEYS, 0)
+        await policy.aclose()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# vLLM
+
+
+class VLLMBackend:
+    """Generation with ``vllm.AsyncLLMEngine`` (continuous batching); same prompt rendering as :class:`HFBackend`.
+
+    ``engine_options`` go to ``vllm.AsyncEngineArgs`` (e.g. ``tensor_parallel_size``, ``gpu_memory_utilization``).
+    Not exercised by the CPU test suite.
+    """
+
+    kind = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        tokenizer: str | PreTrainedTokenizerBase | None = None,
+        *,
+        dtype: str = "auto",
+        max_context_tokens: int | None = None,
+        engine_options: dict[str, Any] | None = None,
+    ) -> None:
+        from transformers import AutoTokenizer
+        from vllm import AsyncEngineArgs, AsyncLLMEngine
+
+        tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, str) else None
+        self.tokenizer = tok or AutoTokenizer.from_pretrained(tokenizer or model)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"the tokenizer of {model} has no chat template")
+        args: dict[str, Any] = {"model": model, "dtype": dtype, **(engine_options or {})}
+        if isinstance(tokenizer, str):
+            args["tokenizer"] = tokenizer
+        if max_context_tokens is not None:
+            args["max_model_len"] = max_context_tokens
+        self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**args))
+        model_config = getattr(self.engine, "model_config", None)
+        self.max_context_tokens = max_context_tokens or getattr(model_config, "max_model_len", None)
+        # the end-of-turn token of the chat template (e.g. <|eot_id|>), found exactly as HFPolicy finds it, in case
+        # the checkpoint's generation_config.json does not list it among its eos ids
+        stops = [self.tokenizer.eos_token_id]
+        try:
+            stops.append(HFPolicy._turn_end_token(SimpleNamespace(tokenizer=self.tokenizer)))  # type: ignore[arg-type]
+        except Exception as e:  # noqa: BLE001 - best effort: vLLM still stops on the generation config's eos
+            log.debug("no end-of-turn token found: %r", e)
+        self.stop_token_ids = [t for t in dict.fromkeys(stops) if isinstance(t, int)]
+        self._stats = {"requests": 0, "failed_requests": 0}
+
+    def encode(self, turns: list[Turn]) -> list[int]:
+        try:
+            text = self.tokenizer.apply_chat_template(
+                to_openai_messages(turns), tokenize=False, add_generation_prompt=True
+            )
+        except Exception as e:
+            raise APIError(400, f"the chat template cannot render these messages: {e}", param="messages") from e
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if self.max_context_tokens is not None and len(ids) >= self.max_context_tokens:
+            raise APIError(
+                400, f"the prompt is {len(ids)} tokens, which leaves no room within {self.max_context_tokens}",
+                param="messages", code="context_length_exceeded",
+            )  # fmt: skip
+        return ids
+
+    async def complete(self, turns: list[Turn], sampling: Sampling) -> Completion:
+        from vllm import SamplingParams
+
+        ids = self.encode(turns)
+        max_tokens = sampling.max_tokens
+        if self.max_context_tokens is not None:
+            max_tokens = max(1, min(max_tokens, self.max_context_tokens - len(ids)))
+        params = SamplingParams(
+            n=1,
+            temperature=0.0 if sampling.greedy else sampling.temperature,
+            top_p=1.0 if sampling.greedy else sampling.top_p,
+            max_tokens=max_tokens,
+            seed=sampling.seed,
+            stop=list(sampling.stop) or None,
+            stop_token_ids=self.stop_token_ids,
+            skip_special_tokens=True,
+        )
+        self._stats["requests"] += 1
+        final = None
+        try:
+            async for output in self.engine.generate({"prompt_token_ids": ids}, params, uuid.uuid4().hex):
+                final = output
+        except asyncio.CancelledError:
+            raise
+        except ValueError as e:  # vLLM's verdict on the request itself (e.g. longer than max_model_len)
+            self._stats["failed_requests"] += 1
+            raise APIError(400, f"vllm rejected the request: {e}") from e
+        except Exception as e:
+            self._stats["failed_requests"] += 1
+            raise APIError(500, f"vllm generation failed: {type(e).__name__}: {e}", type="server_error") from e
+        if final is None or not final.outputs:
+            self._stats["failed_requests"] += 1
+            raise APIError(500, "vllm returned no output", type="server_error")
+        out = final.outputs[0]
+        finish = "length" if out.finish_reason == "length" else "stop"
+        return Completion(out.text, finish, len(ids), len(out.token_ids))
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._stats)
+
+    async def aclose(self) -> None:
+        for name in ("shutdown", "shutdown_background_loop"):
+            stop = getattr(self.engine, name, None)
+            if callable(stop):
+                result = stop()
+                if asyncio.iscoroutine(result):
+                    await result
+                return
