@@ -372,6 +372,61 @@ def serve(
         max_new_tokens_default=max_tokens, temperature_default=temperature)
 
 
+@app.command("eval")
+@_friendly
+def eval_(
+    out: Annotated[Path, typer.Option(help="Output directory (<env>.jsonl trajectories, results.json last).")],
+    policy: Annotated[str, typer.Option(help="openai:MODEL, hf:PATH_OR_ID, expert, wrong, noisy:P or random.")] = "expert",
+    envs: Annotated[str, typer.Option(help="Comma-separated env names/ids, or held-in, held-out, all.")] = "all",
+    held_in: Annotated[str | None, typer.Option(help="Training data (AgentInstruct dir) or comma-separated families.")] = None,
+    n: Annotated[int | None, typer.Option("-n", help="Only the first N test tasks of each environment.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Episodes in flight at once.")] = 8,
+    max_turns: Annotated[int | None, typer.Option(help="Turn budget (default: each environment's).")] = None,
+    timeout: Annotated[float, typer.Option(help="Per-episode wall-clock limit in seconds.")] = 600.0,
+    base_url: Annotated[str | None, typer.Option(help="openai: endpoint (default $OPENAI_BASE_URL).")] = None,
+    api_key: Annotated[str | None, typer.Option(help="openai: key (default $OPENAI_API_KEY).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (model policies).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Longest reply in tokens (model policies).")] = None,
+) -> None:
+    """Agent evaluation: the test split of every selected environment, success and reward with 95% intervals."""
+    from agenttuning.eval.agent import evaluate_agent
+    from agenttuning.rollout.engine import EpisodeLimits
+
+    families: Any = None
+    if held_in is not None:
+        families = held_in if Path(held_in).exists() else {f.strip() for f in held_in.split(",") if f.strip()}
+    result = evaluate_agent(
+        policy, [e.strip() for e in envs.split(",") if e.strip()], held_in=families, out_dir=out, n=n,
+        concurrency=concurrency, limits=EpisodeLimits(max_turns=max_turns, timeout_s=timeout),
+        policy_options=_policy_options(policy, base_url, api_key, temperature, max_tokens, None),
+    )
+    console.print(result.table())
+    console.print(f"[dim]{out / 'results.json'}[/]")
+
+
+@app.command()
+@_friendly
+def score(
+    results: Annotated[list[str], typer.Argument(help="NAME=path/to/results.json for each model compared.")],
+    metric: Annotated[str, typer.Option(help="mean_reward or success_rate.")] = "mean_reward",
+    normalisers: Annotated[Path | None, typer.Option(help="Fixed normalisers JSON {env_id: value}.")] = None,
+) -> None:
+    """The paper's overall score: per group, the mean over tasks of score / the task's mean over the models."""
+    from agenttuning.eval.score import load_normalisers, overall_report, scores_from_results
+
+    if metric not in ("mean_reward", "success_rate"):
+        raise ValueError("--metric must be mean_reward or success_rate")
+    named = {}
+    for item in results:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"{item!r}: expected NAME=path/to/results.json")
+        named[name] = path
+    scores, groups = scores_from_results(named, metric)  # type: ignore[arg-type]
+    report = overall_report(scores, groups, load_normalisers(normalisers) if normalisers else None)
+    console.print(report.table())
+
+
 def _split(split: str) -> Any:
     if split not in ("train", "test"):
         raise ValueError(f"--split must be train or test, not {split!r}")
