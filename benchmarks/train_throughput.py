@@ -448,7 +448,9 @@ def gpu_benchmark(args: argparse.Namespace, tok: Any, work: Path, console: Conso
     import torch
 
     layers, hidden, max_len = GPU_MODEL["layers"], GPU_MODEL["hidden"], args.gpu_max_len
-    model_dir = work / "gpu-model"
+    work = work / "gpu"
+    work.mkdir()
+    model_dir = work / "model"
     n_all = build_model(model_dir, tok, **GPU_MODEL, max_len=max_len, seed=args.seed, dtype=torch.bfloat16,
                         device="cuda")  # fmt: skip
     n_matmul = n_all - len(tok) * hidden  # the input embedding is a lookup
@@ -461,7 +463,7 @@ def gpu_benchmark(args: argparse.Namespace, tok: Any, work: Path, console: Conso
     name = torch.cuda.get_device_name()
     peak = args.peak_tflops * 1e12 if args.peak_tflops else next((v for k, v in PEAK_BF16.items() if k in name), None)
     _release_accelerate()  # the CPU runs' process-wide state must not put these on the CPU
-    runs = compare(s, ["ours", "trl"], work)[0] if args.gpu_trl else {"ours": run_ours(s, work / "gpu-ours")}
+    runs = compare(s, ["ours", "trl"], work)[0] if args.gpu_trl else {"ours": run_ours(s, work / "ours")}
     fpt = flops_per_token(n_matmul, layers, hidden, max_len)
     mfu = {k: r.steady(s.warmup)["tokens_per_s"] * fpt / peak for k, r in runs.items()} if peak else None
     title = (f"GPU ({name}, bf16 autocast, {attn}) · Llama {layers}x{hidden}, {n_all / 1e9:.2f}B params · packed "
