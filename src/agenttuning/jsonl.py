@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -135,21 +135,39 @@ class AppendWriter:
         self.close()
 
 
-def write_atomic(path: str | os.PathLike[str], records: Iterable[BaseModel | dict[str, Any]]) -> int:
-    """Write a whole JSONL file atomically (temp file + rename); returns the number of records."""
+def atomic_replace(path: str | os.PathLike[str], write: Callable[[IO[str]], Any]) -> Any:
+    """Write a file through ``write(f)`` on a temporary file in the same folder, fsync, then rename it into place.
+
+    Readers see the old file or the new one, never half of one; on any error the temporary file is removed.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    n = 0
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(dumps(r) + "\n")
-                n += 1
+            result = write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return n
+    return result
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_replace`)."""
+    atomic_replace(path, lambda f: f.write(text))
+
+
+def write_atomic(path: str | os.PathLike[str], records: Iterable[BaseModel | dict[str, Any]]) -> int:
+    """Write a whole JSONL file atomically (temp file + rename); returns the number of records."""
+
+    def write(f: IO[str]) -> int:
+        n = 0
+        for r in records:
+            f.write(dumps(r) + "\n")
+            n += 1
+        return n
+
+    return atomic_replace(path, write)

@@ -36,7 +36,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -50,6 +49,7 @@ from agenttuning.data.example import family_of
 from agenttuning.envs import base
 from agenttuning.envs.base import EnvDefinition
 from agenttuning.eval.stats import BOOTSTRAP_RESAMPLES, bootstrap_mean_interval, wilson_interval
+from agenttuning.jsonl import write_text_atomic
 from agenttuning.jsonl import read_records, repair_tail
 from agenttuning.policies.base import Policy
 from agenttuning.rollout.engine import EpisodeLimits, rollout_async
@@ -279,19 +279,6 @@ def _score(
     )
 
 
-def _write_json_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 PolicyFactory = Callable[[EnvDefinition], Policy]
 
 
@@ -386,5 +373,5 @@ def evaluate_agent(
         wall_time_s=time.perf_counter() - start,
         envs=env_results,
     )
-    _write_json_atomic(out / RESULTS_FILE, result.model_dump_json(indent=2) + "\n")
+    write_text_atomic(out / RESULTS_FILE, result.model_dump_json(indent=2) + "\n")
     return result

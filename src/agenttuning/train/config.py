@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import tempfile
 import types
 import typing
 from pathlib import Path
@@ -38,6 +37,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agenttuning.jsonl import write_text_atomic
 
 Method = Literal["full", "lora", "qlora"]
 Precision = Literal["bf16", "fp16", "fp32"]
@@ -246,22 +247,7 @@ def config_yaml(config: TrainConfig) -> str:
 
 def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:
     """Write the resolved config as YAML, atomically (temporary file + rename)."""
-    write_text_atomic(Path(path), config_yaml(config))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, config_yaml(config))
 
 
 __all__ = [
