@@ -263,9 +263,7 @@ def mix(
     if general_format not in ("sharegpt", "openai"):
         raise ValueError("--general-format must be sharegpt or openai")
     r = mix_datasets(agent, general, out, eta=eta, n=n, seed=seed, general_format=general_format)  # type: ignore[arg-type]
-    t = Table(title=f"mix → {r.out}", header_style="bold")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
+    t = _metric_table(f"mix → {r.out}")
     for k, v in r.to_json().items():
         t.add_row(k, str(v))
     console.print(t)
@@ -293,9 +291,7 @@ def prepare(
     if policy not in ("truncate_turns", "drop"):
         raise ValueError("--policy must be truncate_turns or drop")
     r = run(data, tokenizer, out, max_len=max_len, packed=pack, policy=policy, template=template, fmt=fmt)  # type: ignore[arg-type]
-    t = Table(title=f"prepare → {out}", header_style="bold")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
+    t = _metric_table(f"prepare → {out}")
     L = r.length
     t.add_row("examples in", f"{r.examples_in} " + str(r.sources))
     if r.rejected:
@@ -336,9 +332,7 @@ def train(
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(2) from None
     result = run(cfg)
-    t = Table(title=f"train → {result.output_dir}", header_style="bold")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
+    t = _metric_table(f"train → {result.output_dir}")
     t.add_row("steps", f"{result.steps} / {result.total_steps}")
     if result.losses:
         t.add_row("loss first → last", f"{result.losses[0]:.4f} → {result.losses[-1]:.4f}")
@@ -425,6 +419,14 @@ def score(
     scores, groups = scores_from_results(named, metric)  # type: ignore[arg-type]
     report = overall_report(scores, groups, load_normalisers(normalisers) if normalisers else None)
     console.print(report.table())
+
+
+def _metric_table(title: str) -> Table:
+    """The two-column metric / value table the stage commands print."""
+    t = Table(title=title, header_style="bold")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    return t
 
 
 def _split(split: str) -> Any:
