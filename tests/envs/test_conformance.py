@@ -92,7 +92,7 @@ def test_third_party_environments_load_from_entry_points(monkeypatch):
     monkeypatch.setattr(base, "entry_points", lambda group: [ep] if group == base.ENTRY_POINT_GROUP else [])
     monkeypatch.setattr(base, "_entry_points_loaded", False)
     monkeypatch.setattr(base, "_REGISTRY", {})
-    assert [d.id for d in available()] == ["db-v1", "lookup-v1"]
+    assert [d.id for d in available()] == ["db-v1", "kg-v1", "lookup-v1"]
     assert get("lookup-v1").name == "lookup"
     with pytest.raises(KeyError, match="registered version is lookup-v1"):
         get("lookup-v2")

@@ -23,7 +23,7 @@ class HeldOutLookup(LookupDefinition):
 def registry(monkeypatch):
     """db (built in) + lookup (a second family) + lookup_ho (held_out=True), in a registry copy."""
     base.available()  # load the built-in and entry-point environments into the real registry first
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.setattr(base, "_REGISTRY", {"db": base._REGISTRY["db"]})  # only db of the built-ins
     lookup = base.register(LookupDefinition(n_test=5))
     held_out = base.register(HeldOutLookup(n_test=3))
     return {"db": base.get("db"), "lookup": lookup, "lookup_ho": held_out}

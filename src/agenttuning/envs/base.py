@@ -150,9 +150,10 @@ def register(definition: EnvDefinition) -> EnvDefinition:
 
 
 def _load_builtin() -> None:
-    from agenttuning.envs import db
+    from agenttuning.envs import db, kg
 
     register(db.definition())
+    register(kg.definition())
 
 
 def _load_entry_points() -> None:
