@@ -406,7 +406,11 @@ def score(
     normalisers: Annotated[Path | None, typer.Option(help="Fixed normalisers JSON {env_id: value}.")] = None,
 ) -> None:
     """The paper's overall score: per group, the mean over tasks of score / the task's mean over the models."""
-    from agenttuning.eval.score import load_normalisers, overall_report, scores_from_results
+    from agenttuning.eval.score import (
+        load_normalisers,
+        overall_report,
+        scores_from_results,
+    )
 
     if metric not in ("mean_reward", "success_rate"):
         raise ValueError("--metric must be mean_reward or success_rate")
@@ -419,6 +423,54 @@ def score(
     scores, groups = scores_from_results(named, metric)  # type: ignore[arg-type]
     report = overall_report(scores, groups, load_normalisers(normalisers) if normalisers else None)
     console.print(report.table())
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_friendly
+def pipeline(
+    ctx: typer.Context,
+    config: Annotated[str, typer.Argument(help="Pipeline YAML, or 'default' for the embedded CPU demo.")] = "default",
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """tasks → rollout → filter → decontam → mix → train → eval → report; done stages are skipped (content keys).
+
+    Extra arguments override config keys: ``agenttuning pipeline cfg.yaml mix.eta=0.5 out=runs/x``.
+    """
+    from agenttuning.pipeline import load_pipeline_config, run_pipeline
+    from agenttuning.pipeline.run import headline_table, stages_table
+
+    cfg = load_pipeline_config(config, list(ctx.args))
+    run = run_pipeline(cfg, console=err, progress=progress)
+    console.print(stages_table(run))
+    console.print(headline_table(run))
+    if run.report is not None:
+        console.print(f"report: [bold]{run.out / 'report' / 'report.html'}[/] (and report.md, trajectories.html)")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_friendly
+def sweep(
+    ctx: typer.Context,
+    config: Annotated[str, typer.Argument(help="Pipeline YAML, or 'default'.")] = "default",
+    eta: Annotated[str | None, typer.Option(help="Comma-separated eta values (default: the config's sweep.eta).")] = None,
+    unfiltered: Annotated[bool | None, typer.Option(help="Also train on unfiltered trajectories.")] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """The paper's ablations in shape: the pipeline over eta values, and filtered vs unfiltered trajectories."""
+    from agenttuning.pipeline import apply_overrides, load_pipeline_config, run_sweep
+    from agenttuning.pipeline.run import headline_table, stages_table
+
+    overrides = list(ctx.args)
+    if eta is not None:
+        overrides.append(f"sweep.eta=[{eta}]")
+    if unfiltered is not None:
+        overrides.append(f"sweep.unfiltered={str(unfiltered).lower()}")
+    cfg = apply_overrides(load_pipeline_config(config), overrides)
+    run = run_sweep(cfg, console=err, progress=progress)
+    console.print(stages_table(run))
+    console.print(headline_table(run))
+    if run.report is not None:
+        console.print(f"report: [bold]{run.out / 'report' / 'report.html'}[/]")
 
 
 def _metric_table(title: str) -> Table:

@@ -42,7 +42,8 @@ class RolloutProgress:
 
     def on_result(self, traj: Trajectory, summary: RolloutSummary) -> None:
         assert self._task is not None
-        elapsed = self.progress.tasks[0].elapsed or 1e-9
+        current = next(t for t in self.progress.tasks if t.id == self._task)
+        elapsed = current.elapsed or 1e-9
         self.progress.update(
             self._task,
             advance=1,

@@ -1,0 +1,209 @@
+"""The pipeline's config: one small pydantic model per stage, YAML in, dotted ``key=value`` overrides.
+
+A config names *what* to build; where each stage's output lives is decided by its content key
+(:mod:`agenttuning.pipeline.cache`), so two configs that agree on a stage's inputs and settings share its output.
+The resolved config is saved beside the run (``run.json``), as ARCHITECTURE habit 7 asks.
+
+>>> cfg = PipelineConfig.model_validate({"teacher": {"envs": ["db"]}})
+>>> apply_overrides(cfg, ["mix.eta=0.5", "teacher.n=10"]).mix.eta
+0.5
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "PipelineConfig",
+    "apply_overrides",
+    "load_pipeline_config",
+]
+
+DEFAULT_CONFIG = "default"  # the embedded config: src/agenttuning/pipeline/default.yaml
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TeacherConfig(_Section):
+    """Stage 1: the teacher acting in the training environments (AgentTuning §2.1, trajectory generation)."""
+
+    policy: str = Field("expert", description="Policy spec: 'expert', 'noisy:P', 'openai:MODEL', 'hf:PATH'.")
+    policy_options: dict[str, Any] = Field(default_factory=dict, description="Options for make_policy "
+                                           "(base_url, max_new_tokens, temperature...).")  # fmt: skip
+    envs: list[str] = Field(default_factory=lambda: ["db"], description="Environment families to collect in "
+                            "(they become the held-in group).")  # fmt: skip
+    split: Literal["train", "test"] = "train"
+    n: int | None = Field(None, ge=1, description="Tasks per environment (None: all).")
+    concurrency: int = Field(8, ge=1)
+    max_turns: int | None = Field(None, ge=1, description="None: each environment's own budget.")
+
+
+class FilterConfig(_Section):
+    """Stage 2: reward filtering (the paper keeps only trajectories with reward >= 1) and decontamination."""
+
+    enabled: bool = Field(True, description="False keeps every trajectory (the paper's 'unfiltered' ablation).")
+    min_reward: float = 1.0
+    require_success: bool = False
+    max_tokens: int | None = Field(None, ge=1, description="Drop longer conversations (approximate tokens).")
+    decontaminate: bool = Field(True, description="Drop duplicates and anything overlapping a test instruction.")
+
+
+class GeneralConfig(_Section):
+    """General chat data for the hybrid mixture (the paper's ShareGPT)."""
+
+    source: str = Field("stdlib", description="'stdlib' (Python's own docstrings as Q/A, offline) or a path to "
+                        "ShareGPT / OpenAI-messages / Example JSONL.")  # fmt: skip
+    n: int | None = Field(None, ge=1, description="General examples to use for training (None: all).")
+    held_out: int = Field(64, ge=0, description="Examples kept out of training for the general evaluation "
+                          "(stdlib: the tail of its seeded order; a file: its last records).")  # fmt: skip
+    seed: int = 0
+
+
+class ModelConfig(_Section):
+    """The model to tune: any HF causal LM, or one built from scratch with a tokenizer trained on the run's data."""
+
+    name: str = Field("scratch:small", description="HF hub id or local folder, or 'scratch:PRESET' "
+                      "(tiny, small: see agenttuning.train.scratch).")  # fmt: skip
+    tokenizer: str | None = Field(None, description="HF models: tokenizer id/path (default: the model's).")
+    vocab_size: int = Field(4096, ge=300, description="scratch: BPE vocabulary trained on the run's data.")
+    max_position_embeddings: int = Field(2048, ge=64, description="scratch: the model's context length.")
+    seed: int = 0
+    overrides: dict[str, Any] = Field(default_factory=dict, description="scratch: LlamaConfig fields.")
+
+
+class MixConfig(_Section):
+    """The eta-mixture of agent and general data (AgentTuning §2.2; paper: eta = 0.2)."""
+
+    eta: float = Field(0.2, ge=0.0, le=1.0)
+    seed: int = 0
+
+
+class EvalConfig(_Section):
+    """Stage 3: the agent evaluation (held-in and held-out) and the offline general check."""
+
+    envs: list[str] = Field(default_factory=lambda: ["all"], description="Names/ids or held-in, held-out, all.")
+    n: int | None = Field(None, ge=1, description="Test tasks per environment (None: the whole split).")
+    max_turns: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    concurrency: int = Field(16, ge=1)
+    policy_options: dict[str, Any] = Field(default_factory=dict)
+    general_n: int = Field(64, ge=0, description="Held-out general examples for loss / exact match (0: skip).")
+    general_batch_size: int = Field(8, ge=1)
+
+
+class SweepConfig(_Section):
+    """What ``agenttuning sweep`` varies: eta values, and the unfiltered variant (the paper's ablations)."""
+
+    eta: list[float] = Field(default_factory=lambda: [0.2, 1.0])
+    unfiltered: bool = Field(True, description="Also train on unfiltered trajectories at the main eta.")
+
+
+class ReportConfig(_Section):
+    viewer_per_env: int = Field(40, ge=1, description="Trajectories per (model, environment) in the viewer.")
+
+
+class PipelineConfig(_Section):
+    """Everything ``agenttuning pipeline`` needs. ``out`` holds ``stages/`` (content-addressed) and the run's links."""
+
+    name: str = "agenttuning"
+    out: str = "runs/pipeline"
+    teacher: TeacherConfig = TeacherConfig()
+    filter: FilterConfig = FilterConfig()
+    general: GeneralConfig = GeneralConfig()
+    model: ModelConfig = ModelConfig()
+    mix: MixConfig = MixConfig()
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (agenttuning.train.config); "
+                                  "model, data paths, eta and output_dir are set by the pipeline.")  # fmt: skip
+    eval: EvalConfig = EvalConfig()
+    sweep: SweepConfig = SweepConfig()
+    report: ReportConfig = ReportConfig()
+
+
+_SET_BY_PIPELINE = ("model", "tokenizer", "agent_data", "general_data", "eta", "output_dir", "resume")
+
+
+class PipelineConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the key."""
+
+
+def _check_train(train: dict[str, Any], where: str) -> None:
+    """Fail at load time, not minutes later at the train stage: the fields must make a valid TrainConfig."""
+    from agenttuning.train.config import ConfigError, TrainConfig, apply_overrides
+
+    for key in train:
+        if key in _SET_BY_PIPELINE:
+            raise PipelineConfigError(f"{where}: train.{key} is set by the pipeline (use model.*, mix.eta or out)")
+        if key not in TrainConfig.model_fields:
+            raise PipelineConfigError(f"{where}: unknown train key {key!r}")
+    try:  # placeholders for what the pipeline fills in
+        apply_overrides({**train, "model": "m", "agent_data": "a", "general_data": "g"})
+    except ConfigError as e:
+        raise PipelineConfigError(f"{where}: train: {str(e).removeprefix('config: ')}") from None
+
+
+def _validate(data: dict[str, Any], where: str) -> PipelineConfig:
+    try:
+        cfg = PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        msgs = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise PipelineConfigError(f"{where}: " + "; ".join(msgs)) from None
+    _check_train(cfg.train, where)
+    return cfg
+
+
+def _parse(raw: str) -> Any:
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return value
+
+
+def apply_overrides(config: PipelineConfig, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """``section.key=value`` (YAML value) overrides, e.g. ``mix.eta=0.5``, ``train.max_steps=20``, ``out=runs/x``."""
+    data = config.model_dump()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise PipelineConfigError(f"override {item!r}: expected KEY=VALUE (e.g. mix.eta=0.5)")
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            child = node.get(p)
+            if not isinstance(child, dict):
+                raise PipelineConfigError(f"override {item!r}: {p!r} is not a config section")
+            node = child
+        node[leaf] = _parse(raw)
+    return _validate(data, "overrides")
+
+
+def default_config_text() -> str:
+    """The embedded default config (YAML text)."""
+    return resources.files("agenttuning.pipeline").joinpath("default.yaml").read_text(encoding="utf-8")
+
+
+def load_pipeline_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()
+                         ) -> PipelineConfig:  # fmt: skip
+    """Read a pipeline YAML (None or ``"default"``: the embedded default) and apply overrides."""
+    if path is None or str(path) == DEFAULT_CONFIG:
+        where, text = "default.yaml (embedded)", default_config_text()
+    else:
+        p = Path(path)
+        where = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise PipelineConfigError(f"{p}: no such config file") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise PipelineConfigError(f"{where}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise PipelineConfigError(f"{where}: expected a mapping of config sections")
+    return apply_overrides(_validate(data, where), overrides)

@@ -1,0 +1,470 @@
+"""The pipeline's stages: each reads its inputs' folders, writes its own, and returns what its manifest records.
+
+Every stage is a thin story over the library function that does the work (rollout engine, filter, decontamination,
+prepare, trainer, evaluators, report), so the pipeline and the single commands (`agenttuning rollout`, `filter`,
+`prepare`, `train`, `eval`) run the same code. Which settings each stage's key hashes is declared beside it in
+:data:`STAGES`; the runner (:mod:`agenttuning.pipeline.run`) decides what to skip.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from agenttuning.data.rows import write_json
+from agenttuning.pipeline.config import PipelineConfig
+
+__all__ = ["STAGES", "Stage", "StageContext", "StageRecord"]
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """A finished stage as later stages see it: its folder and its manifest's ``outputs``."""
+
+    name: str
+    key: str
+    dir: Path
+    outputs: dict[str, Any]
+    status: str = "cached"  # "ran" or "cached"
+    seconds: float = 0.0
+
+
+@dataclass
+class StageContext:
+    config: PipelineConfig
+    dir: Path
+    inputs: dict[str, StageRecord]
+    console: Console = field(default_factory=Console)
+    progress: bool = True
+
+    def path(self, stage: str, output: str) -> Path:
+        """An upstream stage's output file (a name in its manifest's outputs), as an absolute path."""
+        rec = self.inputs[stage]
+        return rec.dir / rec.outputs[output]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Agent data: tasks -> rollout -> filter -> decontaminate
+
+
+def _teacher_envs(cfg: PipelineConfig) -> list[Any]:
+    from agenttuning.envs import base
+
+    return [base.get(name) for name in cfg.teacher.envs]
+
+
+def tasks_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    envs = [{"id": d.id, "prompt_hash": d.prompt_hash} for d in _teacher_envs(cfg)]
+    return {"envs": envs, "split": cfg.teacher.split, "n": cfg.teacher.n}
+
+
+def run_tasks(ctx: StageContext) -> dict[str, Any]:
+    """Task derivation: each environment's tasks of the split, written out so the run records what it asked."""
+    from agenttuning.jsonl import write_atomic
+
+    t = ctx.config.teacher
+    files: dict[str, Any] = {}
+    for d in _teacher_envs(ctx.config):
+        tasks = d.tasks(t.split)[: t.n] if t.n else d.tasks(t.split)
+        write_atomic(ctx.dir / f"{d.id}.jsonl", [task.model_dump(mode="json") for task in tasks])
+        files[d.id] = {"file": f"{d.id}.jsonl", "n": len(tasks)}
+    return {"envs": files}
+
+
+def rollout_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    t = cfg.teacher
+    return {"policy": t.policy, "policy_options": t.policy_options, "max_turns": t.max_turns}
+
+
+def run_rollout(ctx: StageContext) -> dict[str, Any]:
+    """The teacher acts in every environment (resumable: a killed run continues its JSONL files)."""
+    from agenttuning.data.stages import read_trajectories
+    from agenttuning.envs import base
+    from agenttuning.jsonl import read_records
+    from agenttuning.policies import make_policy
+    from agenttuning.rollout.engine import EpisodeLimits, rollout
+    from agenttuning.rollout.progress import RolloutProgress, summary_table
+    from agenttuning.schema import Task
+
+    t = ctx.config.teacher
+    tasks_rec = ctx.inputs["tasks"]
+    out: dict[str, Any] = {}
+    for env_id, info in tasks_rec.outputs["envs"].items():
+        d = base.get(env_id)
+        tasks = list(read_records(tasks_rec.dir / info["file"], Task))
+        policy = make_policy(t.policy, env=d, **t.policy_options)
+        path = ctx.dir / f"{env_id}.jsonl"
+        with RolloutProgress(f"teacher {policy.name} · {env_id}", console=ctx.console, enabled=ctx.progress) as bar:
+            summary = rollout(d, tasks, policy, path, concurrency=t.concurrency, resume=True,
+                              limits=EpisodeLimits(max_turns=t.max_turns),
+                              on_start=bar.on_start, on_result=bar.on_result)  # fmt: skip
+        ctx.console.print(summary_table(summary, title=f"teacher · {env_id}"))
+        done = read_trajectories(path)
+        out[env_id] = {"file": path.name, "n": len(done), "successes": sum(t.success for t in done),
+                       "mean_reward": round(sum(t.reward for t in done) / max(len(done), 1), 4)}
+    return {"envs": out, "files": [v["file"] for v in out.values()]}
+
+
+def filter_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    f = cfg.filter
+    if not f.enabled:
+        return {"enabled": False, "max_tokens": f.max_tokens}
+    return {"enabled": True, "min_reward": f.min_reward, "require_success": f.require_success,
+            "max_tokens": f.max_tokens}  # fmt: skip
+
+
+def run_filter(ctx: StageContext) -> dict[str, Any]:
+    """Reward filtering (§2.1): keep trajectories with reward >= min_reward; disabled, keep every one."""
+    from agenttuning.data.filter import filter_trajectories
+    from agenttuning.data.stages import read_trajectories
+    from agenttuning.jsonl import write_atomic
+
+    f = ctx.config.filter
+    rec = ctx.inputs["rollout"]
+    trajs = read_trajectories([rec.dir / name for name in rec.outputs["files"]])
+    result = filter_trajectories(trajs, min_reward=f.min_reward if f.enabled else float("-inf"),
+                                 require_success=f.require_success and f.enabled, max_tokens=f.max_tokens)  # fmt: skip
+    write_atomic(ctx.dir / "kept.jsonl", [t.model_dump(mode="json") for t in result.kept])
+    write_json(ctx.dir / "stats.json", result.to_json())
+    return {"kept": "kept.jsonl", "stats": "stats.json", "total": result.total.total, "n_kept": result.total.kept}
+
+
+def decontam_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    from agenttuning.envs import base
+
+    test = [{"id": d.id, "prompt_hash": d.prompt_hash} for d in base.available()]
+    return {"enabled": cfg.filter.decontaminate, "against": test}
+
+
+def run_decontam(ctx: StageContext) -> dict[str, Any]:
+    """Drop duplicates and trajectories overlapping any test task; write AgentInstruct records (one file)."""
+    from agenttuning.data.decontam import decontaminate
+    from agenttuning.data.example import from_trajectory
+    from agenttuning.data.formats import to_agentinstruct_record
+    from agenttuning.data.stages import read_trajectories
+    from agenttuning.jsonl import write_atomic
+
+    kept = read_trajectories(ctx.path("filter", "kept"))
+    if ctx.config.filter.decontaminate:
+        clean = decontaminate(kept)
+        trajs, decontam = clean.kept, clean.to_json()
+    else:
+        trajs, decontam = kept, {"enabled": False}
+    examples = [from_trajectory(t) for t in trajs]
+    write_atomic(ctx.dir / "agentinstruct.jsonl", [to_agentinstruct_record(ex) for ex in examples])
+    stats = json.loads(ctx.path("filter", "stats").read_text(encoding="utf-8"))
+    write_json(ctx.dir / "stats.json", {**stats, "decontam": decontam})
+    families = sorted({ex.family for ex in examples})
+    return {"agentinstruct": "agentinstruct.jsonl", "stats": "stats.json", "n": len(examples), "families": families}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# General data
+
+
+def general_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    from agenttuning.pipeline.cache import file_digest
+
+    g = cfg.general
+    src: dict[str, Any] = {"source": g.source}
+    if g.source == "stdlib":  # the text is this Python's standard library: its version is the data's version
+        src["python"] = platform.python_version()
+        src["stdlib"] = sys.base_prefix
+    else:
+        src["digest"] = file_digest(g.source)
+    return {**src, "n": g.n, "held_out": g.held_out, "seed": g.seed}
+
+
+def run_general(ctx: StageContext) -> dict[str, Any]:
+    """General chat examples: a held-out slice for the general evaluation, the rest (decontaminated) for training."""
+    from agenttuning.data.decontam import decontaminate
+    from agenttuning.data.formats import write_examples
+    from agenttuning.data.general import stdlib_dir, stdlib_examples
+    from agenttuning.eval.general import load_general_examples
+
+    g = ctx.config.general
+    if g.source == "stdlib":
+        items = stdlib_examples(seed=g.seed)
+        where = f"Python {platform.python_version()} standard-library docstrings ({stdlib_dir()})"
+    else:
+        items = load_general_examples(g.source)
+        where = str(Path(g.source).resolve())
+    held = items[len(items) - g.held_out:] if g.held_out else []
+    train = items[: len(items) - g.held_out]
+    clean = decontaminate(train)
+    train = clean.kept[: g.n] if g.n else clean.kept
+    write_examples(train, ctx.dir / "train.jsonl")
+    write_examples(held, ctx.dir / "heldout.jsonl")
+    return {"train": "train.jsonl", "heldout": "heldout.jsonl", "n_train": len(train), "n_heldout": len(held),
+            "dropped": dict(clean.dropped), "source": where}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Model: a tokenizer trained on the run's data and a model from scratch, or any HF model
+
+
+def is_scratch(cfg: PipelineConfig) -> bool:
+    return cfg.model.name.startswith("scratch:")
+
+
+def tokenizer_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    return {"vocab_size": cfg.model.vocab_size}
+
+
+def run_tokenizer(ctx: StageContext) -> dict[str, Any]:
+    """Byte-level BPE trained on the teacher's trajectories and the general training text (scratch models)."""
+    from agenttuning.data.example import from_trajectory
+    from agenttuning.data.formats import read_examples
+    from agenttuning.data.stages import read_trajectories
+    from agenttuning.tokens.bpe import texts_of, train_bpe_tokenizer
+
+    rec = ctx.inputs["rollout"]
+    agent = [from_trajectory(t) for t in read_trajectories([rec.dir / f for f in rec.outputs["files"]])]
+    general = read_examples(ctx.path("general", "train"))
+    path = train_bpe_tokenizer(texts_of(agent + general), ctx.dir / "tokenizer", vocab_size=ctx.config.model.vocab_size)
+    return {"tokenizer": str(Path(path).relative_to(ctx.dir)), "texts": len(agent) + len(general)}
+
+
+def model_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    from agenttuning.pipeline.cache import file_digest
+
+    m = cfg.model
+    if is_scratch(cfg):
+        return {"name": m.name, "seed": m.seed, "max_position_embeddings": m.max_position_embeddings,
+                "overrides": m.overrides}  # fmt: skip
+    local = Path(m.name)
+    # a local folder is addressed by its content; a hub id by its name (pin a revision in the id to be exact)
+    return {"name": m.name, "tokenizer": m.tokenizer, "digest": file_digest(local) if local.exists() else None}
+
+
+def run_model(ctx: StageContext) -> dict[str, Any]:
+    """The base model: built from scratch (random init, seeded) with the run's tokenizer, or an HF model named."""
+    m = ctx.config.model
+    if not is_scratch(ctx.config):
+        return {"model": m.name, "tokenizer": m.tokenizer or m.name, "local": False}
+    from agenttuning.train.scratch import build_scratch_model
+
+    tok = ctx.path("tokenizer", "tokenizer")
+    path = build_scratch_model(tok, ctx.dir / "model", preset=m.name.partition(":")[2], seed=m.seed,
+                               max_position_embeddings=m.max_position_embeddings, **m.overrides)  # fmt: skip
+    return {"model": str(Path(path).relative_to(ctx.dir)), "tokenizer": str(Path(path).relative_to(ctx.dir)),
+            "local": True}  # fmt: skip
+
+
+def model_path(rec: StageRecord) -> str:
+    """The base model as a loadable id or absolute path."""
+    return str(rec.dir / rec.outputs["model"]) if rec.outputs.get("local") else rec.outputs["model"]
+
+
+def tokenizer_path(rec: StageRecord) -> str:
+    return str(rec.dir / rec.outputs["tokenizer"]) if rec.outputs.get("local") else rec.outputs["tokenizer"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Hybrid instruction tuning: prepare -> mix -> train
+
+
+def _train_fields(cfg: PipelineConfig) -> dict[str, Any]:
+    return dict(cfg.train)
+
+
+def prepare_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    t = _train_fields(cfg)
+    return {"max_len": t.get("max_len", 4096), "length_policy": t.get("length_policy", "truncate_turns"),
+            "chat_template": t.get("chat_template")}  # fmt: skip
+
+
+def run_prepare(ctx: StageContext) -> dict[str, Any]:
+    """Render both sources with the model's chat template into ids and loss labels (the expensive, eta-free part)."""
+    from agenttuning.tokens.prepare import load_tokenizer, prepare
+
+    s = prepare_settings(ctx.config)
+    tok = load_tokenizer(tokenizer_path(ctx.inputs["model"]))
+    out: dict[str, Any] = {}
+    for name, src in (("agent", ctx.path("decontam", "agentinstruct")), ("general", ctx.path("general", "train"))):
+        r = prepare(src, tok, ctx.dir / name, max_len=s["max_len"], packed=False, policy=s["length_policy"],
+                    template=s["chat_template"], fmt="parquet")  # fmt: skip
+        out[name] = name
+        out[f"{name}_stats"] = r.to_json() if hasattr(r, "to_json") else {}
+    return out
+
+
+def mix_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    return {"eta": cfg.mix.eta, "seed": cfg.mix.seed}
+
+
+def run_mix(ctx: StageContext) -> dict[str, Any]:
+    """The eta-mixture: one epoch's composition (examples and tokens drawn from each source).
+
+    The trainer draws the mixture online with the same seeded :class:`~agenttuning.data.mix.MixSampler` that
+    ``agenttuning mix`` uses, so the prepared rows are shared by every eta (tokenising is the expensive part and does
+    not depend on eta); this stage is where eta enters, and records what one epoch of it holds.
+    """
+    from agenttuning.data.mix import MixSampler, epoch_length
+    from agenttuning.train.data import load_examples
+
+    mix = ctx.config.mix
+    prep = ctx.inputs["prepare"]
+    s = prepare_settings(ctx.config)
+    tables = {name: load_examples(prep.dir / prep.outputs[name], max_len=s["max_len"], policy=s["length_policy"],
+                                  name=name)[0] for name in ("agent", "general")}  # fmt: skip
+    n_agent, n_general = len(tables["agent"]), len(tables["general"])
+    n = epoch_length(n_agent, n_general, mix.eta)
+    lengths = {name: tables[name].lengths for name in tables}
+    draws = {"agent": 0, "general": 0}
+    tokens = {"agent": 0, "general": 0}
+    for source, i in MixSampler(n_agent, n_general, mix.eta, mix.seed).take(n):
+        draws[source] += 1
+        tokens[source] += int(lengths[source][i])
+    total_tokens = sum(tokens.values()) or 1
+    metrics = {"eta": mix.eta, "seed": mix.seed, "n_agent": n_agent, "n_general": n_general, "n": n, "epoch_length": n,
+               "draws": draws, "tokens": tokens, "agent_share": round(draws["agent"] / n, 4) if n else 0.0,
+               "agent_token_share": round(tokens["agent"] / total_tokens, 4)}  # fmt: skip
+    write_json(ctx.dir / "metrics.json", {"stage": "mix", **metrics})
+    return {"metrics": "metrics.json", **metrics}
+
+
+def train_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    return _train_fields(cfg)
+
+
+def train_config(ctx: StageContext) -> Any:
+    """The resolved :class:`~agenttuning.train.config.TrainConfig`: the config's train fields, the prepared data, eta."""
+    from agenttuning.train.config import apply_overrides
+
+    prep, model, eta = ctx.inputs["prepare"], ctx.inputs["model"], ctx.config.mix.eta
+    fields = {"seed": ctx.config.mix.seed, **_train_fields(ctx.config), "model": model_path(model),
+              "tokenizer": tokenizer_path(model), "eta": eta, "output_dir": str(ctx.dir / "run"), "resume": "auto",
+              "agent_data": str(prep.dir / prep.outputs["agent"]) if eta > 0 else None,
+              "general_data": str(prep.dir / prep.outputs["general"]) if eta < 1 else None}  # fmt: skip
+    return apply_overrides(fields)
+
+
+def run_train(ctx: StageContext) -> dict[str, Any]:
+    """Hybrid instruction tuning (AgentTuning §2.2), resumable from the newest checkpoint in the stage folder."""
+    from agenttuning.train.config import save_config
+    from agenttuning.train.trainer import train
+
+    config = train_config(ctx)
+    save_config(config, ctx.dir / "train.yaml")
+    result = train(config)
+    if result.model_dir is None:
+        raise RuntimeError("training saved no model")
+    final = result.losses[-1] if result.losses else None
+    return {"model": str(Path(result.model_dir).relative_to(ctx.dir)), "metrics": "run/metrics.jsonl",
+            "steps": result.steps, "final_loss": final, "eval": result.eval, "tokens": result.tokens,
+            "tokens_per_s": round(result.tokens_per_s, 1), "wall_s": round(result.wall_s, 1), "local": True}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def held_in_families(cfg: PipelineConfig) -> list[str]:
+    """The families the teacher collected in: the run's training families (the held-in group)."""
+    return sorted({d.name for d in _teacher_envs(cfg)})
+
+
+def eval_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    from agenttuning.envs import base
+
+    e = cfg.eval
+    registered = [{"id": d.id, "prompt_hash": d.prompt_hash} for d in base.available()]
+    return {"envs": e.envs, "registered": registered, "held_in": held_in_families(cfg), "n": e.n, "max_turns": e.max_turns,
+            "max_new_tokens": e.max_new_tokens, "policy_options": e.policy_options,
+            "general_n": e.general_n}  # fmt: skip
+
+
+def _eval_agent(ctx: StageContext, model: str) -> dict[str, Any]:
+    from agenttuning.eval.agent import evaluate_agent
+    from agenttuning.rollout.engine import EpisodeLimits
+    from agenttuning.rollout.progress import RolloutProgress
+
+    e = ctx.config.eval
+    families = held_in_families(ctx.config)
+    options = {"max_new_tokens": e.max_new_tokens, "temperature": 0.0, **e.policy_options}
+    bar = RolloutProgress(ctx.dir.name, console=ctx.console, enabled=ctx.progress)
+
+    def on_start(definition: Any, total: int, skipped: int) -> None:
+        bar.label = f"{ctx.dir.name.rsplit('-', 1)[0]} · {definition.id}"
+        bar.on_start(total, skipped)
+
+    with bar:
+        result = evaluate_agent(f"hf:{model}", e.envs, held_in=families, out_dir=ctx.dir / "agent", n=e.n,
+                                concurrency=e.concurrency, limits=EpisodeLimits(max_turns=e.max_turns),
+                                policy_options=options, on_start=on_start, on_result=bar.on_result)  # fmt: skip
+    ctx.console.print(result.table(title=f"agent evaluation · {ctx.dir.name}"))
+    return {"results": "agent/results.json",
+            "envs": {r.env_id: {"success_rate": r.success_rate, "mean_reward": r.mean_reward, "group": r.group}
+                     for r in result.envs}}  # fmt: skip
+
+
+def _eval_general(ctx: StageContext, model: str) -> dict[str, Any]:
+    from agenttuning.eval.general import evaluate_general, save_general_result
+
+    e = ctx.config.eval
+    if e.general_n == 0:
+        return {}
+    result = evaluate_general(model, examples=_heldout(ctx)[: e.general_n], batch_size=e.general_batch_size)
+    save_general_result(result, ctx.dir / "general.json")
+    return {"general": "general.json", "loss": result.loss, "perplexity": result.perplexity,
+            "exact_match": result.exact_match}  # fmt: skip
+
+
+def _heldout(ctx: StageContext) -> list[Any]:
+    from agenttuning.data.formats import read_examples
+
+    return read_examples(ctx.path("general", "heldout"))
+
+
+def run_eval_base(ctx: StageContext) -> dict[str, Any]:
+    """The base model before tuning: agent evaluation, then the general check."""
+    model = model_path(ctx.inputs["model"])
+    return {**_eval_agent(ctx, model), **_eval_general(ctx, model)}
+
+
+def run_eval_tuned(ctx: StageContext) -> dict[str, Any]:
+    """The tuned model: agent evaluation, then the general check."""
+    rec = ctx.inputs["train"]
+    model = str(rec.dir / rec.outputs["model"])
+    return {**_eval_agent(ctx, model), **_eval_general(ctx, model)}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The stage table
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage: the upstream stages it reads, what its key hashes, how it runs, whether partial output resumes."""
+
+    name: str
+    inputs: tuple[str, ...]
+    settings: Callable[[PipelineConfig], dict[str, Any]]
+    run: Callable[[StageContext], dict[str, Any]]
+    resumable: bool = False
+    version: int = 1
+    when: Callable[[PipelineConfig], bool] = lambda cfg: True
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("tasks", (), tasks_settings, run_tasks),
+    Stage("rollout", ("tasks",), rollout_settings, run_rollout, resumable=True),
+    Stage("filter", ("rollout",), filter_settings, run_filter),
+    Stage("decontam", ("filter",), decontam_settings, run_decontam),
+    Stage("general", (), general_settings, run_general),
+    Stage("tokenizer", ("rollout", "general"), tokenizer_settings, run_tokenizer, when=is_scratch),
+    Stage("model", ("tokenizer",), model_settings, run_model),
+    Stage("prepare", ("decontam", "general", "model"), prepare_settings, run_prepare),
+    Stage("mix", ("prepare", "model"), mix_settings, run_mix),
+    Stage("train", ("mix", "prepare", "model"), train_settings, run_train, resumable=True),
+    Stage("eval-base", ("model", "general"), eval_settings, run_eval_base, resumable=True),
+    Stage("eval-tuned", ("train", "general"), eval_settings, run_eval_tuned, resumable=True),
+)

@@ -1,0 +1,43 @@
+"""The plan: which stages a config change re-runs (keys depend on settings and upstream keys only)."""
+
+from __future__ import annotations
+
+from agenttuning.pipeline import load_pipeline_config, plan
+
+
+def _keys(*overrides: str) -> dict[str, str]:
+    return {p.stage.name: p.key for p in plan(load_pipeline_config("default", list(overrides)))}
+
+
+def _changed(a: dict[str, str], b: dict[str, str]) -> set[str]:
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+
+def test_plan_is_deterministic_and_in_order() -> None:
+    keys = _keys()
+    assert keys == _keys()
+    assert list(keys) == ["tasks", "rollout", "filter", "decontam", "general", "tokenizer", "model", "prepare", "mix",
+                          "train", "eval-base", "eval-tuned"]
+
+
+def test_changing_eta_changes_only_mix_train_and_tuned_eval() -> None:
+    assert _changed(_keys(), _keys("mix.eta=0.5")) == {"mix", "train", "eval-tuned"}
+
+
+def test_unfiltered_keeps_the_base_model_and_its_evaluation() -> None:
+    changed = _changed(_keys(), _keys("filter.enabled=false"))
+    assert changed == {"filter", "decontam", "prepare", "mix", "train", "eval-tuned"}
+
+
+def test_teacher_and_training_changes_flow_downstream() -> None:
+    teacher = _changed(_keys(), _keys("teacher.n=5"))
+    assert "general" not in teacher and {"rollout", "tokenizer", "model", "train", "eval-base"} <= teacher
+    train = _changed(_keys(), _keys("train.lr=0.01"))
+    assert train == {"train", "eval-tuned"}
+    evaluation = _changed(_keys(), _keys("eval.n=3"))
+    assert evaluation == {"eval-base", "eval-tuned"}
+
+
+def test_an_hf_model_skips_the_tokenizer_stage() -> None:
+    keys = _keys("model.name=/models/some-chat-model")
+    assert "tokenizer" not in keys and "model" in keys
