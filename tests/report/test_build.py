@@ -189,3 +189,19 @@ def test_one_model_and_sparse_inputs(files, tmp_path):
     assert "decontamination and deduplication dropped" not in md and "eval agent loss" not in md
     assert re.search(r"\| eta=0\.1 \| 0\.1 \| unfiltered \| \d\.\d\d \| \d\.\d\d \| - \| - \|", md)
     assert sorted(paths.plots) == ["data", "env_scores", "overall", "sweep", "training"]
+
+
+def test_behaviour_table_counts_parsable_replies_and_self_ended_episodes(built, files):
+    from agenttuning.jsonl import read_records
+    from agenttuning.schema import Trajectory
+
+    md = built.markdown.read_text()
+    assert "\n### Behaviour" in md
+    results = json.loads((files.inputs.agent["base"] / "results.json").read_text())
+    for env in results["envs"]:
+        trajs = read_records(files.inputs.agent["base"] / env["trajectories"], Trajectory)
+        steps = [s for t in trajs for s in t.steps]
+        parsable = sum(s.parse_error is None for s in steps) / len(steps)
+        ended = sum(t.end_reason == "done" for t in trajs) / len(trajs)
+        row = f"| base | {env['env_id']} | {len(trajs)} | {parsable:.1%} | {ended:.1%} | {len(steps) / len(trajs):.1f} |"
+        assert row in md, row

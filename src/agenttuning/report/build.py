@@ -51,6 +51,7 @@ from agenttuning.report.inputs import (
 )
 from agenttuning.report.tables import (
     Sweep,
+    behaviour_table,
     compute_sweep,
     data_table,
     decontam_line,
@@ -103,6 +104,7 @@ class _Loaded:
     sweep: Sweep | None
     viewer: list[ViewerSource]
     missing_trajectories: list[str]
+    behaviour: dict[str, dict[str, list[Any]]]
 
 
 def _load(inputs: ReportInputs) -> _Loaded:
@@ -111,12 +113,15 @@ def _load(inputs: ReportInputs) -> _Loaded:
     teachers = {str(p): load_trajectories(p) for p in inputs.teacher_trajectories}
     viewer = [ViewerSource(f"teacher · {Path(p).name}", "teacher", p, ts) for p, ts in teachers.items()]
     missing = []
+    behaviour: dict[str, dict[str, list[Any]]] = {}
     for m, a in headline.agents.items():
         trajs = []
         for e in a.result.envs:
             path = a.results_dir / e.trajectories
             if path.is_file():
-                trajs += load_trajectories(path)
+                loaded = load_trajectories(path)
+                behaviour.setdefault(m, {})[e.env_id] = loaded
+                trajs += loaded
             else:
                 missing.append(str(path))
         viewer.append(ViewerSource(m, "eval", str(a.path), trajs))
@@ -130,6 +135,7 @@ def _load(inputs: ReportInputs) -> _Loaded:
         sweep=compute_sweep(inputs, headline) if inputs.sweep else None,
         viewer=viewer,
         missing_trajectories=missing,
+        behaviour=behaviour,
     )
 
 
@@ -164,6 +170,12 @@ def _blocks(inputs: ReportInputs, d: _Loaded) -> list[Block]:
     b.append(Figure("plots/overall.png", "overall scores", "Normalised overall score per group; the dotted line "
                     "is 1, the models' mean when normalised over them."))
     b += [Heading(3, "Every model"), overall_table(h), per_model_table(h)]
+    if d.behaviour:
+        b += [Heading(3, "Behaviour"),
+              Para("From the evaluation trajectories: the share of replies with a parsable Thought/Action, the share of "
+                   "episodes the agent ended itself (an answer, not a turn budget), and the mean steps. A model can "
+                   "learn the format before it learns the task: this is where that shows."),
+              behaviour_table(d.behaviour)]  # fmt: skip
     if inputs.notes:
         b.append(Heading(2, "Notes", "notes"))
         b += [Para(n, cls="note") for n in inputs.notes]

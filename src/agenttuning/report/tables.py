@@ -32,7 +32,7 @@ from agenttuning.report.inputs import (
 )
 from agenttuning.schema import Trajectory
 
-__all__ = ["Sweep", "SweepRow", "compute_sweep", "data_table", "decontam_line", "general_table", "mix_table",
+__all__ = ["Sweep", "SweepRow", "behaviour_table", "compute_sweep", "data_table", "decontam_line", "general_table", "mix_table",
            "provenance_table", "sweep_table", "teacher_table", "training_table"]  # fmt: skip
 
 # the general-eval fields shown, in order: (key, label, higher is better)
@@ -252,3 +252,22 @@ def require_unique_labels(names: Sequence[str], what: str, where: Path) -> None:
     dup = [n for n, c in Counter(names).items() if c > 1]
     if dup:
         raise ReportInputError(where, f"{what} labels must be unique, {dup} repeats")
+
+
+def behaviour_table(trajectories: Mapping[str, Mapping[str, Sequence[Trajectory]]]) -> Table:
+    """How each model acts, from its evaluation trajectories: what success rates alone do not show.
+
+    ``trajectories`` maps model -> env id -> trajectories. Per row: the share of replies with a parsable
+    Thought/Action, the share of episodes the agent ended itself (an answer, not a budget), and the mean steps.
+    """
+    rows = []
+    for model, by_env in trajectories.items():
+        for env_id, trajs in by_env.items():
+            steps = [st for t in trajs for st in t.steps]
+            parsable = sum(st.parse_error is None for st in steps)
+            ended = sum(t.end_reason == "done" for t in trajs)
+            n = len(trajs)
+            rows.append([model, env_id, str(n), fmt_pct(parsable / len(steps)) if steps else "-",
+                         fmt_pct(ended / n) if n else "-", f"{len(steps) / n:.1f}" if n else "-"])  # fmt: skip
+    return Table(["model", "environment", "episodes", "parsable replies", "ended by the agent", "mean steps"], rows,
+                 align="llrrrr")
