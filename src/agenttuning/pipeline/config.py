@@ -121,8 +121,9 @@ class PipelineConfig(_Section):
     general: GeneralConfig = GeneralConfig()
     model: ModelConfig = ModelConfig()
     mix: MixConfig = MixConfig()
-    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (agenttuning.train.config); "
-                                  "model, data paths, eta and output_dir are set by the pipeline.")  # fmt: skip
+    train: dict[str, Any] = Field(default_factory=lambda: {"epochs": 1.0}, description="TrainConfig fields "
+                                  "(agenttuning.train.config); model, data paths, eta and output_dir are set by the "
+                                  "pipeline. Given, it replaces this default whole.")  # fmt: skip
     eval: EvalConfig = EvalConfig()
     sweep: SweepConfig = SweepConfig()
     report: ReportConfig = ReportConfig()
