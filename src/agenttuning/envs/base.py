@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib.metadata import entry_points
@@ -37,6 +39,31 @@ class StepResult:
     terminated: bool = False
     truncated: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def truncate_at_budget(result: StepResult, turns: int, max_turns: int) -> StepResult:
+    """The step that spends the turn budget without ending the task is *truncated* (Gymnasium), and fails."""
+    if result.terminated or turns < max_turns:
+        return result
+    info = {**result.info, "success": False}
+    return StepResult(result.observation, 0.0, terminated=False, truncated=True, info=info)
+
+
+class TaskCache:
+    """A family's tasks, derived once per process on first use (thread-safe); ``get`` returns a fresh list."""
+
+    def __init__(self, derive: Callable[[], Mapping[str, list[Task]]]):
+        self._derive = derive
+        self._lock = threading.Lock()
+        self._tasks: Mapping[str, list[Task]] | None = None
+
+    def get(self, split: str) -> list[Task]:
+        if split not in ("train", "test"):
+            raise ValueError(f"unknown split {split!r}: use 'train' or 'test'")
+        with self._lock:
+            if self._tasks is None:
+                self._tasks = self._derive()
+        return list(self._tasks[split])
 
 
 class Environment(ABC):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-
-from agenttuning.envs.base import EnvDefinition, Environment, Split
+from agenttuning.envs.base import EnvDefinition, Environment, Split, TaskCache
 from agenttuning.envs.db import data, expert, tasks
 from agenttuning.envs.db.env import MAX_ROWS_SHOWN, DbEnv
 from agenttuning.schema import Task, Turn
@@ -51,17 +49,11 @@ class DbDefinition(EnvDefinition):
     max_turns = 10
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._tasks: dict[str, list[Task]] | None = None
+        self._tasks = TaskCache(lambda: tasks.derive_all(self.id))
 
     # --- tasks ---------------------------------------------------------------------------------------------
     def tasks(self, split: Split) -> list[Task]:
-        if split not in ("train", "test"):
-            raise ValueError(f"unknown split {split!r}: use 'train' or 'test'")
-        with self._lock:
-            if self._tasks is None:
-                self._tasks = tasks.derive_all(self.id)
-        return list(self._tasks[split])
+        return self._tasks.get(split)
 
     # --- prompts -------------------------------------------------------------------------------------------
     @property

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from agenttuning.envs.base import Environment, StepResult
+from agenttuning.envs.base import Environment, StepResult, truncate_at_budget
 from agenttuning.envs.db import data, grading
 from agenttuning.schema import Task
 
@@ -174,10 +174,7 @@ class DbEnv(Environment):
         if self._done or self._conn is None or self._task is None:
             raise RuntimeError("the episode is over or was never started: call reset(task) first")
         self._turns += 1
-        result = self._act(action.strip())
-        if not result.terminated and self._turns >= self._definition.max_turns:
-            info = {**result.info, "success": False}
-            result = StepResult(result.observation, 0.0, terminated=False, truncated=True, info=info)
+        result = truncate_at_budget(self._act(action.strip()), self._turns, self._definition.max_turns)
         self._done = result.terminated or result.truncated
         return result
 

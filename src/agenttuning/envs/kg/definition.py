@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 from functools import cached_property
 
-from agenttuning.envs.base import EnvDefinition, Environment, Split
+from agenttuning.envs.base import EnvDefinition, Environment, Split, TaskCache
 from agenttuning.envs.kg import data, expert, tasks, tools
 from agenttuning.envs.kg.env import KgEnv
 from agenttuning.schema import Task, Turn
@@ -54,17 +53,11 @@ class KgDefinition(EnvDefinition):
     max_turns = 8
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._tasks: dict[str, list[Task]] | None = None
+        self._tasks = TaskCache(lambda: tasks.derive(data.graph(), self.id))
 
     # --- tasks ---------------------------------------------------------------------------------------------
     def tasks(self, split: Split) -> list[Task]:
-        if split not in ("train", "test"):
-            raise ValueError(f"unknown split {split!r}: use 'train' or 'test'")
-        with self._lock:
-            if self._tasks is None:
-                self._tasks = tasks.derive(data.graph(), self.id)
-        return list(self._tasks[split])
+        return self._tasks.get(split)
 
     # --- prompts -------------------------------------------------------------------------------------------
     @property
