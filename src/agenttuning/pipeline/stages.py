@@ -292,7 +292,7 @@ def run_prepare(ctx: StageContext) -> dict[str, Any]:
         r = prepare(src, tok, ctx.dir / name, max_len=s["max_len"], packed=False, policy=s["length_policy"],
                     template=s["chat_template"], fmt="parquet")  # fmt: skip
         out[name] = name
-        out[f"{name}_stats"] = r.to_json() if hasattr(r, "to_json") else {}
+        out[f"{name}_stats"] = r.to_json()
     return out
 
 
