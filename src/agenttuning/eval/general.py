@@ -241,7 +241,8 @@ def evaluate_general(
     """Loss, perplexity and exact match of ``model`` on held-out general examples (see the module docstring).
 
     Args:
-        model: a hub id or local folder, or an in-memory causal LM (then pass ``tokenizer``).
+        model: a hub id or local folder, a ``.gguf`` file or model alias (converted once: :mod:`agenttuning.models`),
+            or an in-memory causal LM (then pass ``tokenizer``).
         tokenizer: id/folder or object; default: the model's. It must have a chat template.
         examples: Examples, a file of them (Example JSONL, ShareGPT or OpenAI messages), or None for
             ``held_out_general(n, seed=seed)``; a given list or file is used whole.

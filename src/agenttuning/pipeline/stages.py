@@ -233,12 +233,17 @@ def run_tokenizer(ctx: StageContext) -> dict[str, Any]:
 
 
 def model_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    from agenttuning.models import source_fingerprint
     from agenttuning.pipeline.cache import file_digest
 
     m = cfg.model
     if is_scratch(cfg):
         return {"name": m.name, "seed": m.seed, "max_position_embeddings": m.max_position_embeddings,
                 "overrides": m.overrides}  # fmt: skip
+    gguf = source_fingerprint(m.name)
+    if gguf is not None:  # a .gguf file or alias: its bytes (sha256) and the converter, not its path or alias
+        tok = m.tokenizer and (source_fingerprint(m.tokenizer) or m.tokenizer)
+        return {"gguf": gguf, "tokenizer": tok}
     local = Path(m.name)
     # a local folder is addressed by its content; a hub id by its name (pin a revision in the id to be exact)
     return {"name": m.name, "tokenizer": m.tokenizer, "digest": file_digest(local) if local.exists() else None}
@@ -246,7 +251,15 @@ def model_settings(cfg: PipelineConfig) -> dict[str, Any]:
 
 def run_model(ctx: StageContext) -> dict[str, Any]:
     """The base model: built from scratch (random init, seeded) with the run's tokenizer, or an HF model named."""
+    from agenttuning.models import describe_source, resolve_model, source_kind
+
     m = ctx.config.model
+    if not is_scratch(ctx.config) and source_kind(m.name) in ("gguf", "alias"):
+        # converted once into the model cache ($AGENTTUNING_CACHE/models); the folder is what later stages load
+        folder = resolve_model(m.name, progress=ctx.progress)
+        tok = resolve_model(m.tokenizer, progress=ctx.progress) if m.tokenizer else folder
+        return {"model": folder, "tokenizer": tok, "local": False, "source": describe_source(m.name),
+                "specs": {"model": m.name, "tokenizer": m.tokenizer or m.name}}  # fmt: skip
     if not is_scratch(ctx.config):
         return {"model": m.name, "tokenizer": m.tokenizer or m.name, "local": False}
     from agenttuning.train.scratch import build_scratch_model
@@ -260,11 +273,21 @@ def run_model(ctx: StageContext) -> dict[str, Any]:
 
 def model_path(rec: StageRecord) -> str:
     """The base model as a loadable id or absolute path."""
-    return str(rec.dir / rec.outputs["model"]) if rec.outputs.get("local") else rec.outputs["model"]
+    return str(rec.dir / rec.outputs["model"]) if rec.outputs.get("local") else _converted(rec, "model")
 
 
 def tokenizer_path(rec: StageRecord) -> str:
-    return str(rec.dir / rec.outputs["tokenizer"]) if rec.outputs.get("local") else rec.outputs["tokenizer"]
+    return str(rec.dir / rec.outputs["tokenizer"]) if rec.outputs.get("local") else _converted(rec, "tokenizer")
+
+
+def _converted(rec: StageRecord, what: str) -> str:
+    """A recorded model-cache folder, converted again from its GGUF if the cache was cleared since."""
+    path, spec = rec.outputs[what], rec.outputs.get("specs", {}).get(what)
+    if spec is None or Path(path).is_dir():
+        return path
+    from agenttuning.models import resolve_model
+
+    return resolve_model(spec)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -77,7 +77,9 @@ def load_examples(path: PathLike, *, layout: Layout | None = None) -> tuple[list
 
 
 def load_tokenizer(name_or_path: str) -> Any:
-    """A tokenizer by HF id or local path; ``llama3``, ``mistral`` and ``tekken`` build the real ones offline."""
+    """A tokenizer by HF id or local path, a ``.gguf`` file or model alias (:mod:`agenttuning.models`); ``llama3``,
+    ``mistral`` and ``tekken`` build the real ones offline."""
+    from agenttuning.models import resolve_model
     from agenttuning.tokens import offline
 
     if name_or_path in BUILTIN_TOKENIZERS and not Path(name_or_path).exists():
@@ -85,7 +87,7 @@ def load_tokenizer(name_or_path: str) -> Any:
                 "tekken": offline.tekken_tokenizer}[name_or_path]()  # fmt: skip
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(name_or_path)
+    return AutoTokenizer.from_pretrained(resolve_model(name_or_path))
 
 
 @dataclass
