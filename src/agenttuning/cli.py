@@ -273,7 +273,7 @@ def mix(
 @_friendly
 def prepare(
     data: Annotated[list[Path], typer.Argument(help="Examples: mix output, AgentInstruct, ShareGPT, OpenAI or trajectories.")],
-    tokenizer: Annotated[str, typer.Option(help="HF id or path; llama3, mistral, tekken build the real ones offline.")],
+    tokenizer: Annotated[str, typer.Option(help="HF id or path, .gguf or alias; llama3, mistral, tekken build the real ones offline.")],
     out: Annotated[Path, typer.Option(help="Output directory (train.parquet|jsonl, stats.json, manifest.json).")],
     max_len: Annotated[int, typer.Option(help="Sequence length (the paper: 4096).")] = 4096,
     pack: Annotated[bool, typer.Option(help="Best-fit-decreasing packing, padding-free.")] = True,
@@ -348,7 +348,7 @@ def train(
 @app.command()
 @_friendly
 def serve(
-    model: Annotated[str, typer.Argument(help="HF id or local path of the model to serve.")],
+    model: Annotated[str, typer.Argument(help="HF id or local folder, .gguf file or alias (docs/models.md).")],
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     served_name: Annotated[str | None, typer.Option(help="Model name clients send (default: MODEL).")] = None,
@@ -356,14 +356,23 @@ def serve(
     batch_size: Annotated[int, typer.Option(help="Most concurrent requests per generate call.")] = 8,
     max_tokens: Annotated[int, typer.Option(help="Default reply length when a request sets none.")] = 512,
     temperature: Annotated[float, typer.Option(help="Default temperature when a request sets none.")] = 1.0,
+    kv_reuse: Annotated[bool, typer.Option(
+        help="hf backend: start each prompt from the longest already computed KV prefix (off: model.generate).",
+    )] = True,
+    kv_cache_mb: Annotated[int | None, typer.Option(
+        help="hf backend: memory budget of the KV store in MiB (default 2048), least recently used evicted first.",
+    )] = None,
 ) -> None:
     """An OpenAI-compatible /v1/chat/completions server over a local model (rollouts and eval use openai:NAME)."""
+    from agenttuning.models import resolve_model
     from agenttuning.serve import serve as run
 
     if backend not in ("auto", "hf", "vllm"):
         raise ValueError("--backend must be auto, hf or vllm")
-    run(model, host=host, port=port, served_name=served_name, backend=backend, batch_size=batch_size,
-        max_new_tokens_default=max_tokens, temperature_default=temperature)
+    # a .gguf file or alias is served from its converted folder (vLLM too), under the name the user gave
+    run(resolve_model(model), host=host, port=port, served_name=served_name or model, backend=backend,
+        batch_size=batch_size, max_new_tokens_default=max_tokens, temperature_default=temperature,
+        kv_reuse=kv_reuse, kv_cache_bytes=None if kv_cache_mb is None else kv_cache_mb << 20)
 
 
 @app.command("eval")

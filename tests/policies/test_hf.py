@@ -212,18 +212,20 @@ async def test_prompt_longer_than_the_context_raises(make):
     assert isinstance((await small.act(conversation(0), task=TASK)).text, str)  # the policy still works
 
 
-async def test_a_failing_generate_fails_only_its_batch(make, monkeypatch):
-    policy = make()
-    real_generate = policy.model.generate
+@pytest.mark.parametrize("kv_reuse", [False, True])
+async def test_a_failing_generate_fails_only_its_batch(make, monkeypatch, kv_reuse):
+    policy = make(kv_reuse=kv_reuse)
+    method = "forward" if kv_reuse else "generate"  # the KV-reusing loop calls the model's forward itself
+    real = getattr(policy.model, method)
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real_generate(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(policy.model, "generate", flaky)
+    monkeypatch.setattr(policy.model, method, flaky)
     results = await asyncio.gather(*(policy.act(conversation(i), task=TASK) for i in range(3)),
                                    return_exceptions=True)
     assert all(isinstance(r, PolicyError) and "out of memory" in str(r) for r in results)

@@ -24,15 +24,32 @@ Sampling (``temperature > 0``) uses the Gumbel-max trick with the policy's own s
 without touching torch's global RNG. Draws depend on how requests were batched, so a seed makes a run reproducible
 only for the same arrival pattern.
 
+KV reuse (``kv_reuse=True``, the default). Agent prompts repeat: every episode of an environment starts with the
+same instructions and context, and each turn is the previous turn's prompt plus the reply and an observation. So
+instead of ``model.generate`` over the whole rendered conversation, a batch runs
+:func:`agenttuning.policies.decoding.generate_reusing`: each prompt starts from the longest prefix (by token ids)
+whose keys/values are in the model's :class:`~agenttuning.policies.kv_cache.PrefixKVStore` (the environment's
+shared context, computed by any earlier episode; the previous turn of the same episode), only the rest is
+prefilled, then all rows decode together, one batched forward per step; each finished row's prompt and reply are
+stored for the next turn. One store per model object, shared by every policy wrapping it, bounded by
+``kv_cache_bytes`` (default :data:`~agenttuning.policies.kv_cache.DEFAULT_KV_CACHE_BYTES`, LRU eviction). Greedy
+replies equal the ``generate`` path's token for token (tested). Models the loop does not support (sliding-window,
+hybrid or mamba caches, flash-attention, an encoder-decoder, generation-config logit processors: see
+:func:`~agenttuning.policies.decoding.reuse_unsupported`) fall back to ``generate`` with a log message, and so does
+``kv_reuse=False``; :attr:`HFPolicy.kv_reuse` says which path runs, :attr:`HFPolicy.kv_fallback_reason` why not.
+
 Usage: ``prompt_tokens`` is the unpadded prompt length, ``completion_tokens`` the tokens generated up to and
 including the stop token (what the model computed), ``requests=1``. :meth:`count_tokens` is exact: the same
-rendering as :meth:`act`, so ``count_tokens(messages) == reply.usage.prompt_tokens``.
+rendering as :meth:`act`, so ``count_tokens(messages) == reply.usage.prompt_tokens``. ``stats["prompt_tokens"]``
+sums the prompts served and ``stats["cached_tokens"]`` how many of those tokens came from the KV store (0 on the
+``generate`` path); :meth:`HFPolicy.kv_stats` adds the store's size and counters.
 
 Example (offline, with a tiny random model; any hub id or local folder works the same way)::
 
     policy = HFPolicy("path/to/model_dir", max_new_tokens=256)        # or HFPolicy(model, tokenizer=tok)
     replies = await asyncio.gather(*(policy.act(m, task=t) for m, t in episodes))   # batched
-    policy.stats  # {"batches": ..., "requests": ..., "max_batch": ..., "failed_batches": ...}
+    policy.stats  # {"batches": ..., "requests": ..., "max_batch": ..., "failed_batches": ...,
+                  #  "prompt_tokens": ..., "cached_tokens": ...}
     await policy.aclose()
 """
 
@@ -47,6 +64,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agenttuning.policies.base import Policy, PolicyError, Reply
+from agenttuning.policies.decoding import KVLayout, generate_reusing, probe_layout, reuse_unsupported
+from agenttuning.policies.kv_cache import PrefixKVStore, shared_store
 from agenttuning.schema import Task, Turn, Usage, to_openai_messages
 
 if TYPE_CHECKING:
@@ -97,6 +116,10 @@ class HFPolicy(Policy):
             ``max_position_embeddings``. A prompt that leaves no room raises PolicyError; otherwise a batch's
             ``max_new_tokens`` is capped so that its longest prompt still fits.
         seed: seed of the sampling generator (``None``: a fresh random seed).
+        kv_reuse: start each prompt from the longest stored KV prefix (see the module docstring); off, or for a
+            model the loop does not support, every batch is one ``model.generate``.
+        kv_cache_bytes: byte budget of the model's shared KV store (``None``: the default, 2 GiB, or what the
+            store already has); it applies to every policy on the same model object.
     """
 
     def __init__(
@@ -113,6 +136,8 @@ class HFPolicy(Policy):
         batch_wait_ms: float = 5.0,
         max_context_tokens: int | None = None,
         seed: int | None = None,
+        kv_reuse: bool = True,
+        kv_cache_bytes: int | None = None,
     ) -> None:
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
@@ -124,6 +149,8 @@ class HFPolicy(Policy):
             raise ValueError("batch_size must be >= 1")
         if batch_wait_ms < 0:
             raise ValueError("batch_wait_ms must be >= 0")
+        if kv_cache_bytes is not None and kv_cache_bytes < 0:
+            raise ValueError("kv_cache_bytes must be >= 0")
         import torch
 
         self.name = f"hf:{model}" if isinstance(model, str) else "hf:<in-memory>"
@@ -150,13 +177,27 @@ class HFPolicy(Policy):
         else:
             self._generator.manual_seed(seed)
         self._lock = _model_lock(self.model)
+        self._thread_state = threading.local()
+        #: whether batches run the KV-reusing loop (False: ``model.generate``); the reason when it was asked but
+        #: the model is not supported
+        self.kv_reuse = False
+        self.kv_fallback_reason: str | None = None
+        self.kv_store: PrefixKVStore | None = None
+        self._kv_joined = False
+        #: how the reusing loop prefills: "rows" (one request at a time) or "batched" (for measurements)
+        self.kv_prefill = "rows"
+        if kv_reuse:
+            self._setup_kv_reuse(kv_cache_bytes)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-generate")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[_Request] | None = None
         self._batcher: asyncio.Task[None] | None = None
         self._closed = False
-        #: batching counters: generate() calls, requests served, the largest batch, batches that raised
-        self.stats: dict[str, int] = {"batches": 0, "requests": 0, "max_batch": 0, "failed_batches": 0}
+        #: batching counters: batches run, requests served, the largest batch, batches that raised, prompt tokens
+        #: served and how many of them came from the KV store
+        self.stats: dict[str, int] = {
+            "batches": 0, "requests": 0, "max_batch": 0, "failed_batches": 0, "prompt_tokens": 0, "cached_tokens": 0,
+        }  # fmt: skip
 
     # ----------------------------------------------------------------------------------------------------------
     # Policy contract
@@ -195,6 +236,7 @@ class HFPolicy(Policy):
             while not self._queue.empty():
                 _fail(self._queue.get_nowait().future, PolicyError(f"{self.name} was closed"))
         await asyncio.to_thread(self._executor.shutdown, wait=True)
+        self._release_kv_store()
         device = getattr(self.model, "device", None)
         self.model = None  # type: ignore[assignment]
         if device is not None and getattr(device, "type", "") == "cuda":
@@ -214,17 +256,58 @@ class HFPolicy(Policy):
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate_batch(self, prompts: list[list[int]]) -> list[list[int]]:
-        """One left-padded ``generate`` over ``prompts``; each row's new tokens, up to and including a stop token.
+        """Each prompt's new tokens, up to and including a stop token, generated as one batch.
 
-        Runs in the caller's thread (the batcher calls it in its worker thread) under the model's lock.
+        The KV-reusing loop when :attr:`kv_reuse` is on, else one left-padded ``model.generate``. Runs in the
+        caller's thread (the batcher calls it in its worker thread) under the model's lock.
         """
+        completions, cached = self._generate(prompts)
+        self._thread_state.cached = cached  # for the batcher's stats, read back in this same thread
+        return completions
+
+    def kv_stats(self) -> dict[str, Any]:
+        """Whether KV reuse runs, the prompt tokens served and cached so far, and the shared store's figures."""
+        out: dict[str, Any] = {
+            "kv_reuse": self.kv_reuse,
+            "prompt_tokens": self.stats["prompt_tokens"],
+            "cached_tokens": self.stats["cached_tokens"],
+        }
+        if self.kv_store is not None:
+            out["store"] = self.kv_store.stats()
+        return out
+
+    def _run_batch(self, prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+        """The batcher's call (in the worker thread): :meth:`generate_batch` and each prompt's cached tokens."""
+        self._thread_state.cached = None
+        completions = self.generate_batch(prompts)  # the override point (serve's tests replace it)
+        cached = getattr(self._thread_state, "cached", None)
+        return completions, cached if cached is not None else [0] * len(prompts)
+
+    def _generate(self, prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+        """``(completions, cached)``: :meth:`generate_batch`'s rows and each prompt's tokens served from the store."""
         import torch
 
-        lengths = [len(p) for p in prompts]
-        width = max(lengths)
+        width = max(len(p) for p in prompts)
         max_new = self.max_new_tokens
         if self.max_context_tokens is not None:
             max_new = max(1, min(max_new, self.max_context_tokens - width))
+        sampler = _GumbelSampler(self.temperature, self.top_p, self._generator) if self.temperature > 0 else None
+        if not self.kv_reuse or any(not p for p in prompts):
+            return self._generate_hf(prompts, width, max_new, sampler), [0] * len(prompts)
+        assert self.kv_store is not None
+        with self._lock, torch.inference_mode():
+            layout = self._current_layout()
+            return generate_reusing(
+                self.model, prompts, self.kv_store, layout, max_new=max_new, stop_ids=self.stop_token_ids,
+                pad_id=self.pad_token_id, sampler=sampler, prefill=self.kv_prefill,
+            )  # fmt: skip
+
+    def _generate_hf(
+        self, prompts: list[list[int]], width: int, max_new: int, sampler: _GumbelSampler | None
+    ) -> list[list[int]]:
+        """One left-padded ``model.generate`` over ``prompts`` (the path without KV reuse)."""
+        import torch
+
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, prompt in enumerate(prompts):
@@ -237,12 +320,10 @@ class HFPolicy(Policy):
             "eos_token_id": self.stop_token_ids,
             "pad_token_id": self.pad_token_id,
         }
-        if self.temperature > 0:
+        if sampler is not None:
             from transformers import LogitsProcessorList
 
-            kwargs["logits_processor"] = LogitsProcessorList(
-                [_GumbelSampler(self.temperature, self.top_p, self._generator)]
-            )
+            kwargs["logits_processor"] = LogitsProcessorList([sampler])
         with self._lock, torch.inference_mode():
             device = self.model.device
             out = self.model.generate(
@@ -284,8 +365,8 @@ class HFPolicy(Policy):
             if not batch:
                 continue
             try:
-                completions = await loop.run_in_executor(
-                    self._executor, self.generate_batch, [r.ids for r in batch]
+                completions, cached = await loop.run_in_executor(
+                    self._executor, self._run_batch, [r.ids for r in batch]
                 )
                 replies = [
                     Reply(
@@ -309,6 +390,8 @@ class HFPolicy(Policy):
             self.stats["batches"] += 1
             self.stats["requests"] += len(batch)
             self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
+            self.stats["prompt_tokens"] += sum(len(r.ids) for r in batch)
+            self.stats["cached_tokens"] += sum(cached)
             for r, reply in zip(batch, replies, strict=True):
                 if not r.future.done():
                     r.future.set_result(reply)
@@ -330,6 +413,51 @@ class HFPolicy(Policy):
             except TimeoutError:
                 break
         return batch
+
+    # ----------------------------------------------------------------------------------------------------------
+    # KV reuse
+
+    def _setup_kv_reuse(self, max_bytes: int | None) -> None:
+        """Join the model's shared KV store, or record why the model needs the ``generate`` path."""
+        reason = reuse_unsupported(self.model)
+        if reason is None:
+            store = shared_store(self.model, max_bytes)
+            try:
+                if not self._layout_current(store):  # probed already: no need to wait for a running batch
+                    with self._lock:
+                        self._probe(store)
+            except Exception as e:  # noqa: BLE001 - whatever the probe trips on, generate still works
+                reason = f"the KV layout probe failed: {type(e).__name__}: {e}"
+        if reason is not None:
+            self.kv_fallback_reason = reason
+            log.info("%s: KV reuse off, generating with model.generate: %s", self.name, reason)
+            return
+        store.users += 1
+        self.kv_store, self.kv_reuse, self._kv_joined = store, True, True
+
+    def _layout_current(self, store: PrefixKVStore) -> bool:
+        """Whether the store's probed layout is for the model's present dtype and device."""
+        first = next(self.model.parameters())
+        return store.layout is not None and store.layout[0] == (first.dtype, str(first.device))
+
+    def _probe(self, store: PrefixKVStore) -> KVLayout:
+        """The store's KV layout, probed again when the model's dtype or device changed since (under the lock)."""
+        if not self._layout_current(store):
+            first = next(self.model.parameters())
+            store.layout = ((first.dtype, str(first.device)), probe_layout(self.model, self.pad_token_id))
+        return store.layout[1]
+
+    def _current_layout(self) -> KVLayout:
+        assert self.kv_store is not None
+        return self._probe(self.kv_store)
+
+    def _release_kv_store(self) -> None:
+        """Leave the shared store; the last policy to leave empties it (the model object may live on)."""
+        if self.kv_store is not None and self._kv_joined:
+            self._kv_joined = False
+            self.kv_store.users -= 1
+            if self.kv_store.users <= 0:
+                self.kv_store.clear()
 
     # ----------------------------------------------------------------------------------------------------------
     # Stop tokens
@@ -407,6 +535,9 @@ def _load_model(model: Any, *, device: str | None, dtype: str) -> PreTrainedMode
     if isinstance(model, str):
         from transformers import AutoModelForCausalLM
 
+        from agenttuning.models import resolve_model
+
+        model = resolve_model(model)  # a .gguf file or alias: its converted folder (ModelSourceError as it is)
         options: dict[str, Any] = {"dtype": torch_dtype}
         if device == "auto":  # spread a model too big for one device over all of them (needs accelerate)
             options["device_map"] = "auto"
@@ -435,6 +566,9 @@ def _load_tokenizer(tokenizer: Any, model: Any) -> PreTrainedTokenizerBase:
         raise ValueError("pass tokenizer= when the model is an in-memory object without a name_or_path")
     from transformers import AutoTokenizer
 
+    from agenttuning.models import resolve_model
+
+    source = resolve_model(source)
     try:
         return AutoTokenizer.from_pretrained(source)
     except Exception as e:  # noqa: BLE001 - name the source in the error

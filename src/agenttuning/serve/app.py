@@ -54,6 +54,8 @@ def create_app(
     top_p_default: float = 1.0,
     max_policies: int = 8,
     vllm_options: dict[str, Any] | None = None,
+    kv_reuse: bool = True,
+    kv_cache_bytes: int | None = None,
 ) -> FastAPI:
     """An OpenAI-compatible app serving ``model``; the model is loaded here, before the app is returned.
 
@@ -78,6 +80,8 @@ def create_app(
             paper's evaluation is greedy, so clients such as OpenAIPolicy send ``temperature`` explicitly).
         max_policies: hf backend: how many per-setting policies stay alive (see :mod:`agenttuning.serve.backends`).
         vllm_options: extra ``vllm.AsyncEngineArgs`` (e.g. ``{"tensor_parallel_size": 2}``).
+        kv_reuse, kv_cache_bytes: hf backend: start each prompt from the longest stored KV prefix, within this byte
+            budget (see :mod:`agenttuning.policies.hf`); vLLM has its own prefix caching.
     """
     if backend == "auto":
         backend = "vllm" if isinstance(model, str) and vllm_available() else "hf"
@@ -92,7 +96,7 @@ def create_app(
         engine = HFBackend(
             model, tokenizer, device=device, dtype=dtype, batch_size=batch_size, batch_wait_ms=batch_wait_ms,
             max_new_tokens_default=max_new_tokens_default, max_context_tokens=max_context_tokens,
-            max_policies=max_policies,
+            max_policies=max_policies, kv_reuse=kv_reuse, kv_cache_bytes=kv_cache_bytes,
         )  # fmt: skip
     else:
         raise ValueError(f"unknown backend {backend!r}: use auto, hf or vllm")

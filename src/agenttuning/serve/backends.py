@@ -13,6 +13,12 @@ run in separate batches, one after the other on the model. Greedy requests (``te
 own, seeded with its seed and closed afterwards, so the same request with the same seed gives the same text
 (it is then never batched with others: HFPolicy draws depend on the batch).
 
+KV reuse (``kv_reuse=True``, the default; see :mod:`agenttuning.policies.hf`): all the backend's policies wrap one
+model object and hence share its one :class:`~agenttuning.policies.kv_cache.PrefixKVStore` (budget
+``kv_cache_bytes``): a conversation's earlier turns computed under one sampling setting serve the next request
+under another. :meth:`HFBackend.stats` reports ``prompt_tokens``, ``cached_tokens`` (of those, served from the
+store) and the store's figures under ``kv_cache``.
+
 ``finish_reason`` is exact: the backend's policy subclass marks each decoded text with whether its completion
 ended on a stop token (``"stop"``) or ran out of new tokens (``"length"``; also when the context window capped
 the request's ``max_tokens``). ``stop`` strings are applied to the decoded text afterwards (HFPolicy has no
@@ -53,7 +59,7 @@ log = logging.getLogger(__name__)
 __all__ = ["HFBackend", "Sampling", "VLLMBackend", "vllm_available"]
 
 _TASK = Task(id="serve", env="serve", split="test", instruction="an HTTP request")  # HFPolicy.act wants a task
-_STAT_KEYS = ("batches", "requests", "max_batch", "failed_batches")
+_STAT_KEYS = ("batches", "requests", "max_batch", "failed_batches", "prompt_tokens", "cached_tokens")
 
 
 @dataclass(frozen=True)
@@ -114,14 +120,17 @@ class HFBackend:
         max_new_tokens_default: int = 512,
         max_context_tokens: int | None = None,
         max_policies: int = 8,
+        kv_reuse: bool = True,
+        kv_cache_bytes: int | None = None,
     ) -> None:
-        self._options = {"batch_size": batch_size, "batch_wait_ms": batch_wait_ms}
+        self._options = {"batch_size": batch_size, "batch_wait_ms": batch_wait_ms, "kv_reuse": kv_reuse}
         # the first policy loads the model; every later one wraps the same objects
         base = _ServePolicy(
             model, tokenizer=tokenizer, device=device, dtype=dtype, max_new_tokens=max_new_tokens_default,
-            max_context_tokens=max_context_tokens, **self._options,
+            max_context_tokens=max_context_tokens, kv_cache_bytes=kv_cache_bytes, **self._options,
         )  # fmt: skip
         self.model, self.tokenizer = base.model, base.tokenizer
+        self.kv_reuse, self.kv_store = base.kv_reuse, base.kv_store  # every later policy joins the same store
         self.max_context_tokens = base.max_context_tokens
         self.max_policies = max(1, max_policies)
         self._policies: OrderedDict[tuple, _ServePolicy] = OrderedDict({(0.0, 1.0, max_new_tokens_default): base})
@@ -172,12 +181,16 @@ class HFBackend:
         return Completion(str(reply.text), finish, reply.usage.prompt_tokens, reply.usage.completion_tokens)
 
     def stats(self) -> dict[str, Any]:
-        """Batching counters summed over every policy so far (``max_batch``: the largest), and live policies."""
-        out = dict(self._retired)
+        """Batching and prompt-token counters summed over every policy so far (``max_batch``: the largest), live
+        policies, and the shared KV store's figures (``kv_cache``; absent when KV reuse is off)."""
+        out: dict[str, Any] = dict(self._retired)
         for policy in self._policies.values():
             for k in _STAT_KEYS:
                 out[k] = max(out[k], policy.stats[k]) if k == "max_batch" else out[k] + policy.stats[k]
         out["policies"] = len(self._policies)
+        out["kv_reuse"] = self.kv_reuse
+        if self.kv_store is not None:
+            out["kv_cache"] = self.kv_store.stats()
         return out
 
     async def aclose(self) -> None:
