@@ -6,7 +6,7 @@ from agenttuning.pipeline import load_pipeline_config, plan
 
 
 def _keys(*overrides: str) -> dict[str, str]:
-    return {p.stage.name: p.key for p in plan(load_pipeline_config("default", list(overrides)))}
+    return {p.stage.name: p.key for p in plan(load_pipeline_config("scratch", list(overrides)))}
 
 
 def _changed(a: dict[str, str], b: dict[str, str]) -> set[str]:

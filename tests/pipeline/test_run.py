@@ -22,7 +22,7 @@ TINY = [
 
 
 def _run(out: Path, *extra: str, **kw: object):
-    cfg = load_pipeline_config("default", [f"out={out}", *TINY, *extra])
+    cfg = load_pipeline_config("scratch", [f"out={out}", *TINY, *extra])
     return run_pipeline(cfg, console=Console(file=open("/dev/null", "w")), progress=False, **kw)  # noqa: SIM115
 
 
@@ -85,7 +85,7 @@ def test_the_cli_prints_stages_and_the_headline(first) -> None:
     from agenttuning.cli import app
 
     out, _ = first
-    result = CliRunner().invoke(app, ["pipeline", "default", f"out={out}", *TINY, "--no-progress"])
+    result = CliRunner().invoke(app, ["pipeline", "scratch", f"out={out}", *TINY, "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "cached" in result.output and "base vs tuned" in result.output and "db-v1" in result.output
     bad = CliRunner().invoke(app, ["pipeline", "default", "mix.etaa=1"])
@@ -101,7 +101,7 @@ def test_sweep_variants_cover_eta_and_unfiltered() -> None:
 
 @pytest.mark.slow
 def test_sweep_shares_stages_and_reports_every_point(tmp_path: Path) -> None:
-    cfg = load_pipeline_config("default", [f"out={tmp_path}", *TINY, "sweep.eta=[0.2, 1.0]", "sweep.unfiltered=true"])
+    cfg = load_pipeline_config("scratch", [f"out={tmp_path}", *TINY, "sweep.eta=[0.2, 1.0]", "sweep.unfiltered=true"])
     run = run_sweep(cfg, console=Console(file=open("/dev/null", "w")), progress=False)  # noqa: SIM115
     trains = {p.name for p in (tmp_path / "stages").iterdir() if p.name.startswith("train-")}
     assert len(trains) == 3  # eta 0.2, eta 1.0, eta 0.2 unfiltered; the main run reused eta 0.2's

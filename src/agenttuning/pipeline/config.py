@@ -21,12 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "EMBEDDED_CONFIGS",
     "PipelineConfig",
     "apply_overrides",
     "load_pipeline_config",
 ]
 
 DEFAULT_CONFIG = "default"  # the embedded config: src/agenttuning/pipeline/default.yaml
+#: configs shipped inside the package, by name: ``agenttuning pipeline scratch``
+EMBEDDED_CONFIGS = {"default": "default.yaml", "scratch": "scratch.yaml"}
 
 
 class _Section(BaseModel):
@@ -71,8 +74,9 @@ class GeneralConfig(_Section):
 class ModelConfig(_Section):
     """The model to tune: any HF causal LM, or one built from scratch with a tokenizer trained on the run's data."""
 
-    name: str = Field("scratch:small", description="HF hub id or local folder, or 'scratch:PRESET' "
-                      "(tiny, small: see agenttuning.train.scratch).")  # fmt: skip
+    name: str = Field("scratch:small", description="HF hub id or local folder, a .gguf file, an alias such as "
+                      "'smollm2-135m-instruct' (docs/models.md), or 'scratch:PRESET' (tiny, small, base: see "
+                      "agenttuning.train.scratch).")  # fmt: skip
     tokenizer: str | None = Field(None, description="HF models: tokenizer id/path (default: the model's).")
     vocab_size: int = Field(4096, ge=300, description="scratch: BPE vocabulary trained on the run's data.")
     max_position_embeddings: int = Field(2048, ge=64, description="scratch: the model's context length.")
@@ -158,7 +162,29 @@ def _validate(data: dict[str, Any], where: str) -> PipelineConfig:
         msgs = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
         raise PipelineConfigError(f"{where}: " + "; ".join(msgs)) from None
     _check_train(cfg.train, where)
+    _check_model(cfg.model, where)
     return cfg
+
+
+def _check_model(model: ModelConfig, where: str) -> None:
+    """Fail at load time on a model that cannot be found (nothing is hashed or converted here)."""
+    from agenttuning.models import ModelSourceError, check_model_source
+
+    if model.name.startswith("scratch:"):
+        from agenttuning.train.scratch import PRESETS
+
+        preset = model.name.partition(":")[2]
+        if preset not in PRESETS:
+            raise PipelineConfigError(f"{where}: model.name: unknown scratch preset {preset!r}; use "
+                                      + ", ".join(f"scratch:{p}" for p in PRESETS))  # fmt: skip
+        return
+    for key, spec in (("model.name", model.name), ("model.tokenizer", model.tokenizer)):
+        if spec is None:
+            continue
+        try:
+            check_model_source(spec)
+        except ModelSourceError as e:
+            raise PipelineConfigError(f"{where}: {key}: {e}") from None
 
 
 def _parse(raw: str) -> Any:
@@ -184,23 +210,26 @@ def apply_overrides(config: PipelineConfig, overrides: list[str] | tuple[str, ..
     return _validate(data, "overrides")
 
 
-def default_config_text() -> str:
-    """The embedded default config (YAML text)."""
-    return resources.files("agenttuning.pipeline").joinpath("default.yaml").read_text(encoding="utf-8")
+def default_config_text(name: str = DEFAULT_CONFIG) -> str:
+    """An embedded config's YAML text (:data:`EMBEDDED_CONFIGS`; the default when no name is given)."""
+    return resources.files("agenttuning.pipeline").joinpath(EMBEDDED_CONFIGS[name]).read_text(encoding="utf-8")
 
 
 def load_pipeline_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()
                          ) -> PipelineConfig:  # fmt: skip
-    """Read a pipeline YAML (None or ``"default"``: the embedded default) and apply overrides."""
-    if path is None or str(path) == DEFAULT_CONFIG:
-        where, text = "default.yaml (embedded)", default_config_text()
+    """Read a pipeline YAML (None or ``"default"``: the embedded default; ``"scratch"``: the embedded smoke run)
+    and apply overrides. A file of that name in the working directory wins over an embedded config."""
+    name = DEFAULT_CONFIG if path is None else str(path)
+    if name in EMBEDDED_CONFIGS and not Path(name).is_file():
+        where, text = f"{EMBEDDED_CONFIGS[name]} (embedded)", default_config_text(name)
     else:
-        p = Path(path)
+        p = Path(path)  # type: ignore[arg-type]
         where = str(p)
         try:
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise PipelineConfigError(f"{p}: no such config file") from None
+            names = ", ".join(EMBEDDED_CONFIGS)
+            raise PipelineConfigError(f"{p}: no such config file (embedded configs: {names})") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
