@@ -205,7 +205,8 @@ def trl_rows(batches: list[Any]) -> list[dict[str, list[int]]]:
 def _ours_config(s: Setup, out: Path) -> dict[str, Any]:
     return {
         "model": str(s.model_dir), "agent_data": _opt(s.agent_path), "general_data": _opt(s.general_path),
-        "eta": s.eta, "max_len": s.max_len, "pack": True, "method": "full", "precision": "bf16" if s.gpu else "fp32",
+        "eta": s.eta, "max_len": s.max_len, "pack": True, "prefix_sharing": False,  # TRL's rows: same work
+        "method": "full", "precision": "bf16" if s.gpu else "fp32",
         "loss_impl": "auto", "attn_implementation": s.attn, "lr": s.lr, "warmup_ratio": 0.0, "min_lr_ratio": 1.0,
         "adam_beta1": 0.9, "adam_beta2": 0.95, "adam_eps": 1e-8, "weight_decay": 0.1, "max_grad_norm": 1.0,
         "batch_tokens": s.batch_tokens, "grad_accum": s.grad_accum, "max_steps": s.steps, "seed": s.seed,

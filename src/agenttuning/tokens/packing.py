@@ -25,6 +25,14 @@ too. (HF ``Trainer`` happens to be safe: it sets ``config.use_cache = args.use_c
 (``mode="mask"``) that isolates examples whatever the cache or the transformers version, and the ``cu_seq_lens_q/k``
 keywords of the flash varlen kernels (``mode="flash"``, GPU only; not exercised on CPU).
 
+Shared-prefix rows (:mod:`agenttuning.tokens.prefix_tree`) must never be left to that detection: their positions
+jump *back* where a sibling branch starts (a suffix continues from its prefix's length, not from 0), which the
+detector reads as the start of an unrelated sequence — it would cut every suffix off from the prefix it extends
+(checked in ``tests/train/test_prefix_sharing.py``, transformers 5.25). Such rows are passed an explicit 4D mask
+(:func:`~agenttuning.tokens.prefix_tree.tree_attention_mask`: bool for sdpa, additive for eager — transformers
+returns any 4D mask as given, skipping detection and cache-based sizing) or go through the segment kernel of
+:mod:`agenttuning.train.tree_attention`, always with ``use_cache=False``.
+
     >>> from types import SimpleNamespace as Ex
     >>> exs = [Ex(input_ids=[5, 6, 7], labels=[5, 6, 7]), Ex(input_ids=[8, 9], labels=[-100, 9]),
     ...        Ex(input_ids=[1, 2, 3, 4], labels=[1, 2, 3, 4])]

@@ -31,6 +31,13 @@ Logit post-processing known here (:func:`logit_transform`): Gemma-style ``final_
 ``logit_scale`` and Granite's ``logits_scaling``. The trainer checks the body+head decomposition against the model's
 own forward on a probe before training (:func:`check_decomposition`) and falls back to ``"full"`` if they disagree.
 
+**Explicit targets.** Shared-prefix rows (:mod:`agenttuning.tokens.prefix_tree`) cannot be scored by shifting
+labels: the last token of a shared prefix predicts a different next token in each branch, and a trained target
+inside a shared prefix stands for every example through it. They come with ``targets=(index, token, weight)``
+instead — hidden state ``index`` (row-major) predicts ``token``, counted ``weight`` times — and every
+implementation computes ``sum(weight * CE)`` (``fused`` scales each row's ``softmax - onehot`` by its weight before
+forming the gradients; without weights the kernel does exactly what it did before).
+
 **Normalisation.** Every implementation returns the *sum* of the per-token losses and the per-token losses
 themselves (detached), never a mean. The trainer divides by the number of trained tokens in the whole *global*
 batch (all processes, all accumulation micro-batches) — known in advance on every process, since every process
@@ -61,6 +68,9 @@ from torch.utils.checkpoint import checkpoint
 from agenttuning.tokens.length import IGNORE_INDEX
 
 DEFAULT_CHUNK = 1024
+
+# (index, token, weight): explicit loss targets, see causal_lm_loss
+Targets = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -93,7 +103,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     """Sum over rows of ``CE(hidden @ weight.T + bias, targets)``; gradients formed in the forward (module doc)."""
 
     @staticmethod
-    def forward(ctx: Any, hidden, weight, bias, targets, chunk: int):  # type: ignore[override]
+    def forward(ctx: Any, hidden, weight, bias, targets, chunk: int, weights=None):  # type: ignore[override]
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
         n = hidden.shape[0]
@@ -116,6 +126,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 continue
             probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place: d(lse - logit_t)/d logits = p - onehot
             probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+            if weights is not None:  # d(sum w * loss): each row's gradient times its weight
+                probs.mul_(weights[start : start + chunk, None])
             if need_b:
                 grad_b += probs.sum(0)
             g = probs.to(mm_dtype)
@@ -127,7 +139,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         ctx.grads = (grad_h, grad_w, grad_b)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
         ctx.mark_non_differentiable(losses)
-        return losses.sum(), losses
+        total = losses.sum() if weights is None else (losses * weights).sum()
+        return total, losses
 
     @staticmethod
     def backward(ctx: Any, grad_total, _grad_losses):  # type: ignore[override]
@@ -137,7 +150,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         out = []
         for g, dtype in zip(grads, ctx.dtypes, strict=True):
             out.append(None if g is None else g.mul_(grad_total.to(g.dtype)).to(dtype))
-        return out[0], out[1], out[2], None, None
+        return out[0], out[1], out[2], None, None, None
 
 
 def fused_linear_cross_entropy(
@@ -146,11 +159,15 @@ def fused_linear_cross_entropy(
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     chunk: int = DEFAULT_CHUNK,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum of CE, per-token CE detached)`` of ``hidden @ weight.T + bias`` against ``targets``: ``(n, H)``, ``(n,)``.
 
-    Memory is ``O(chunk * vocab)`` for logits plus ``O(n * H + V * H)`` for the gradients it keeps. The gradient of
-    the weight is accumulated in float32. The result supports one backward pass.
+    ``weights`` ``(n,)``: the sum is ``sum(weights * CE)`` and each row's gradient is scaled by its weight (a shared
+    target standing for several examples, :mod:`agenttuning.tokens.prefix_tree`); the per-token CE stays unweighted.
+    Without weights nothing extra is computed. Memory is ``O(chunk * vocab)`` for logits plus ``O(n * H + V * H)``
+    for the gradients it keeps. The gradient of the weight is accumulated in float32. The result supports one
+    backward pass.
     """
     needs_grad = torch.is_grad_enabled() and (
         hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
@@ -158,8 +175,14 @@ def fused_linear_cross_entropy(
     if not needs_grad:
         with torch.no_grad():
             losses = _chunked_ce_values(hidden, lambda h: F.linear(h, weight, bias), targets, chunk)
-        return losses.sum(), losses
-    return _FusedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunk)
+        return _weighted_sum(losses, weights), losses
+    if weights is not None:
+        weights = weights.to(device=hidden.device, dtype=torch.promote_types(weights.dtype, torch.float32))
+    return _FusedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunk, weights)
+
+
+def _weighted_sum(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    return losses.sum() if weights is None else (losses * weights.to(losses.dtype)).sum()
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:
@@ -188,18 +211,21 @@ def checkpointed_cross_entropy(
     head: Callable[[torch.Tensor], torch.Tensor],
     targets: torch.Tensor,
     chunk: int = DEFAULT_CHUNK,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sum of CE, per-token CE detached)`` of ``head(hidden)``, each chunk under activation checkpointing."""
+    """``(sum of CE, per-token CE detached)`` of ``head(hidden)``, each chunk under activation checkpointing.
+
+    ``weights``: as in :func:`fused_linear_cross_entropy` (the sum is weighted, the per-token CE is not)."""
     if not torch.is_grad_enabled():
         losses = _chunked_ce_values(hidden, head, targets, chunk)
-        return losses.sum(), losses
+        return _weighted_sum(losses, weights), losses
     fn = functools.partial(_head_ce, head)
     parts = [
         checkpoint(fn, hidden[s : s + chunk], targets[s : s + chunk], use_reentrant=False)
         for s in range(0, hidden.shape[0], chunk)
     ]
     losses = torch.cat(parts)
-    return losses.sum(), losses.detach()
+    return _weighted_sum(losses, weights), losses.detach()
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -279,6 +305,7 @@ def causal_lm_loss(
     *,
     impl: str = "auto",
     chunk: int = DEFAULT_CHUNK,
+    targets: Targets | None = None,
     **model_kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss_sum, token_losses)`` over the positions whose next label is trained (see the module doc).
@@ -286,11 +313,22 @@ def causal_lm_loss(
     ``token_losses`` (float32, detached) follow the row-major order of :func:`trained_mask`. ``model_kwargs``
     go to the model (``attention_mask``, flash ``cu_seq_lens_*``); ``use_cache`` is always off, which keeps packed
     examples isolated (see :mod:`agenttuning.tokens.packing`).
+
+    ``targets`` ``(index, token, weight)``, three ``(n,)`` tensors, replace the shifted ``labels`` (then ignored):
+    the hidden state at flat position ``index`` (row-major over ``input_ids``) predicts ``token``, its loss counted
+    ``weight`` times (a shared-prefix layout, :mod:`agenttuning.tokens.prefix_tree`); ``weight`` may be None (all
+    1). ``token_losses`` then follow the targets and are unweighted.
     """
     impl = resolve_impl(model, impl)
     model_kwargs["use_cache"] = False
     if impl == "full":
         logits = model(input_ids=input_ids, position_ids=position_ids, **model_kwargs).logits
+        if targets is not None:
+            index, tokens, weights = targets
+            if index.numel() == 0:
+                return logits.sum() * 0.0, logits.new_zeros(0, dtype=torch.float32)
+            losses = F.cross_entropy(_float(logits.flatten(0, 1)[index]), tokens, reduction="none")
+            return _weighted_sum(losses, weights), losses.detach()
         mask = trained_mask(labels)
         if not bool(mask.any()):
             return logits.sum() * 0.0, logits.new_zeros(0, dtype=torch.float32)
@@ -299,16 +337,21 @@ def causal_lm_loss(
     body, head, transform = model_parts(model)
     out = body(input_ids=input_ids, position_ids=position_ids, **model_kwargs)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    h, targets = select_trained(hidden, labels)
+    weights = None
+    if targets is not None:
+        index, tokens, weights = targets
+        h = hidden.flatten(0, 1)[index]
+    else:
+        h, tokens = select_trained(hidden, labels)
     if h.shape[0] == 0:  # keep every parameter in the graph (DDP/ZeRO expect a gradient for each)
         return head(hidden[:, :1]).float().sum() * 0.0, hidden.new_zeros(0, dtype=torch.float32)
     if impl == "fused":
         if not fusable(head, transform):
             raise ValueError("loss_impl='fused' needs a plain nn.Linear lm_head and no logit post-processing")
-        return fused_linear_cross_entropy(h, head.weight, head.bias, targets, chunk)
+        return fused_linear_cross_entropy(h, head.weight, head.bias, tokens, chunk, weights)
     if impl == "checkpoint":
         head_fn = head if transform is None else (lambda x: transform(head(x)))
-        return checkpointed_cross_entropy(h, head_fn, targets, chunk)
+        return checkpointed_cross_entropy(h, head_fn, tokens, chunk, weights)
     raise ValueError(f"unknown loss implementation {impl!r}; expected auto, fused, checkpoint or full")
 
 
@@ -336,10 +379,11 @@ class CausalLMLoss(nn.Module):
         if callable(tie):
             tie(*args, **kwargs)
 
-    def forward(self, input_ids, labels, position_ids=None, impl: str | None = None, **model_kwargs):
+    def forward(self, input_ids, labels, position_ids=None, impl: str | None = None, targets=None, **model_kwargs):
         return causal_lm_loss(
-            self.model, input_ids, labels, position_ids, impl=impl or self.impl, chunk=self.chunk, **model_kwargs
-        )
+            self.model, input_ids, labels, position_ids, impl=impl or self.impl, chunk=self.chunk, targets=targets,
+            **model_kwargs,
+        )  # fmt: skip
 
 
 @torch.no_grad()
@@ -365,6 +409,7 @@ def check_decomposition(
 __all__ = [
     "DEFAULT_CHUNK",
     "CausalLMLoss",
+    "Targets",
     "base_model_of",
     "causal_lm_loss",
     "check_decomposition",

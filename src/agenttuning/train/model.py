@@ -30,11 +30,21 @@ if TYPE_CHECKING:
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def _resolve(name: str) -> str:
+    """A hub id or folder as it is; a ``.gguf`` file or alias as its converted folder (:mod:`agenttuning.models`)."""
+    from agenttuning.models import ModelSourceError, resolve_model
+
+    try:
+        return resolve_model(name)
+    except ModelSourceError as e:
+        raise ConfigError(str(e)) from None
+
+
 def load_tokenizer(config: TrainConfig) -> Any:
     """The tokenizer (``tokenizer`` or the model's), with ``chat_template`` applied when the config gives one."""
     from transformers import AutoTokenizer
 
-    source = config.tokenizer or config.model
+    source = _resolve(config.tokenizer or config.model)
     try:
         tok = AutoTokenizer.from_pretrained(source)
     except Exception as e:
@@ -76,7 +86,7 @@ def load_model(config: TrainConfig, *, device_index: int | None = None) -> nn.Mo
             bnb_4bit_compute_dtype=compute,
         )  # fmt: skip
         kwargs["device_map"] = {"": device_index or 0}
-    model = AutoModelForCausalLM.from_pretrained(config.model, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(_resolve(config.model), **kwargs)
     model.config.use_cache = False
     if config.gradient_checkpointing:  # non-reentrant: no need for inputs that require grad (frozen embeddings)
         enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
@@ -95,11 +105,45 @@ def load_model(config: TrainConfig, *, device_index: int | None = None) -> nn.Mo
             model, use_gradient_checkpointing=config.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )  # fmt: skip
+    targets, layers = lora_targets(model, config.lora_target_modules, config.lora_layers)
     lora = LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=config.lora_target_modules, task_type="CAUSAL_LM",
+        target_modules=targets, layers_to_transform=layers, task_type="CAUSAL_LM",
     )  # fmt: skip
     return get_peft_model(model, lora)
+
+
+def lora_targets(
+    model: nn.Module, target_modules: list[str] | str, lora_layers: int | list[int] | None
+) -> tuple[list[str] | str, list[int] | None]:
+    """PEFT's ``(target_modules, layers_to_transform)`` for ``lora_layers`` (None: every layer, as given).
+
+    ``lora_layers=k`` adapts the top ``k`` decoder layers. Nothing below the lowest adapted layer then needs a
+    gradient (the embeddings and those layers are frozen and their inputs need none), so autograd records no graph
+    there and backward stops at that layer: with the top 8 of SmolLM2's 30 layers a step costs a forward plus the
+    backward of 8 layers. PEFT refuses ``layers_to_transform`` with the string ``"all-linear"``, so that is
+    expanded here to the names of the linear layers inside the decoder layers (never the output head).
+    """
+    if lora_layers is None:
+        return target_modules, None
+    n_layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    if isinstance(lora_layers, int):
+        if n_layers and lora_layers > n_layers:
+            raise ConfigError(f"lora_layers={lora_layers}: the model has {n_layers} decoder layers")
+        layers = list(range(max(0, n_layers - lora_layers), n_layers))
+    else:
+        layers = sorted(set(lora_layers))
+        if n_layers and layers[-1] >= n_layers:
+            raise ConfigError(f"lora_layers={lora_layers}: layer {layers[-1]} does not exist ({n_layers} layers)")
+    if not layers:
+        raise ConfigError("lora_layers: the model config has no num_hidden_layers; give layer indices")
+    if target_modules == "all-linear":
+        names = set()
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}":
+                names.add(name.rsplit(".", 1)[-1])
+        target_modules = sorted(names)
+    return target_modules, layers
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -162,7 +206,7 @@ def merge_adapter(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(_resolve(base), dtype=dtype)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     out = Path(out_dir)
     merged.save_pretrained(out, safe_serialization=True)
@@ -171,4 +215,7 @@ def merge_adapter(
     return out
 
 
-__all__ = ["DTYPES", "check_method", "load_model", "load_tokenizer", "merge_adapter", "param_groups", "save_final"]
+__all__ = [
+    "DTYPES", "check_method", "load_model", "load_tokenizer", "lora_targets", "merge_adapter", "param_groups",
+    "save_final",
+]

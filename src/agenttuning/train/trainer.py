@@ -8,7 +8,9 @@ ZeRO-3 or FSDP: ``accelerate launch --config_file configs/accelerate/<x>.yaml -m
 (see ``docs/train.md``). Each optimizer step:
 
 1. the :class:`~agenttuning.train.data.BatchPlanner` draws the global batch from the eta-mixture, packs it and deals
-   its rows to ``num_processes * grad_accum`` micro-batch slots (the same plan on every process);
+   its rows to ``num_processes * grad_accum`` micro-batch slots (the same plan on every process); with
+   ``prefix_sharing`` (the default) examples that begin alike share one copy of their prefix in a row
+   (:mod:`agenttuning.tokens.prefix_tree`, :func:`sharing_mode`), with the same losses and gradients;
 2. each of this process's micro-batches runs forward — body, then lm_head + cross-entropy on the trained positions
    only (:mod:`agenttuning.train.loss`) — and backward on ``loss_sum * num_processes * grad_accum / trained``,
    where ``trained`` counts the trained tokens of the *global* batch: after DDP's mean over processes and
@@ -37,7 +39,7 @@ from typing import Any
 import torch
 import yaml
 
-from agenttuning.train.batches import BatchPlanner, MicroBatch, collate, eval_micro_batches
+from agenttuning.train.batches import BatchPlanner, MicroBatch, TreeRow, collate, eval_micro_batches
 from agenttuning.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_only_hook
 from agenttuning.train.config import ConfigError, TrainConfig, save_config
 from agenttuning.train.data import AGENT, GENERAL, Sources, load_sources
@@ -72,9 +74,11 @@ class TrainResult:
     eval: dict[str, float] = field(default_factory=dict)
     tokens: int = 0
     trained_tokens: int = 0
+    layout_tokens: int = 0  # the tokens actually computed (fewer than ``tokens`` with prefix sharing)
     wall_s: float = 0.0
-    tokens_per_s: float = 0.0
+    tokens_per_s: float = 0.0  # the examples' tokens per second (comparable with and without prefix sharing)
     loss_impl: str = ""
+    prefix_sharing: str = "off"  # how shared-prefix rows attended: segments, mask, additive_mask, or off
     resumed_from: Path | None = None
 
 
@@ -168,8 +172,81 @@ def _probe(sources: Sources, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _source_sums(token_losses: torch.Tensor, mb: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    if mb.targets is not None:  # shared-prefix rows: one loss per (weighted) target, its source alongside
+        src, weighted = mb.target_sources, token_losses * mb.targets[2].to(token_losses.dtype)
+        return weighted[src == AGENT].sum(), weighted[src == GENERAL].sum()
     src = mb.source_ids[:, 1:][trained_mask(mb.labels)]
     return token_losses[src == AGENT].sum(), token_losses[src == GENERAL].sum()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Prefix sharing: how, and whether it holds on this model
+
+
+def sharing_mode(config: TrainConfig, model: Any) -> tuple[str, str]:
+    """``(mode, why)``: how shared-prefix rows attend on this model, or ``"off"`` (today's packed rows) and why.
+
+    ``"segments"`` (sdpa models: each segment attends to its path, :mod:`agenttuning.train.tree_attention`; the model
+    is switched to that implementation here), ``"additive_mask"`` (eager: a 4D float mask). Off: ``prefix_sharing``
+    false, ``pack`` false (a row holds one example: nothing to share), flash-attention (its varlen kernels take
+    disjoint sequences, ``cu_seq_lens``: a suffix cannot attend to a prefix stored once), other attention
+    implementations, and sliding-window attention (a 4D mask would replace the window).
+    """
+    from agenttuning.train import tree_attention
+    from agenttuning.train.loss import base_model_of
+
+    if not config.prefix_sharing:
+        return "off", "prefix_sharing=false"
+    if not config.pack:
+        return "off", "pack=false: one example per row"
+    attn = config.attn_implementation or "sdpa"
+    if "flash" in attn:
+        return "off", f"{attn}: varlen rows take disjoint sequences"
+    mc = getattr(base_model_of(model), "config", None)
+    window = getattr(mc, "sliding_window", None)
+    if window is not None and getattr(mc, "use_sliding_window", True) is not False:
+        return "off", f"sliding_window={window}"
+    if attn == "sdpa":
+        return ("segments", "") if tree_attention.enable(model) else ("mask", "")
+    if attn == "eager":
+        return "additive_mask", ""
+    return "off", f"attn_implementation={attn}"
+
+
+@torch.no_grad()
+def check_sharing(loss_model: Any, sources: Sources, mode: str, device: Any, rtol: float) -> tuple[bool, float, float]:
+    """Shared-prefix rows against the same examples packed side by side, on a probe: ``(agree, shared, separate)``.
+
+    The probe: the first 48 tokens of a training example, every next token trained, twice (identical: a weight-2
+    target), and a third that leaves it after 32 tokens (a branch). Eval mode; call on every process at once.
+    """
+    from types import SimpleNamespace
+
+    from agenttuning.tokens.packing import build_rows
+    from agenttuning.tokens.prefix_tree import tree_layout
+    from agenttuning.train.batches import Row
+
+    table = sources.train[AGENT] if len(sources.train[AGENT]) else sources.train[GENERAL]
+    ids = list(table.example(0).input_ids[:48])
+    while len(ids) < 48:
+        ids = ids + ids
+    ids = ids[:48]
+    other = ids[:32] + ids[32:][::-1]
+    if other == ids:
+        other = ids[:32] + [ids[0]] * 16
+    exs = [SimpleNamespace(input_ids=x, labels=list(x)) for x in (ids, ids, other)]
+    was_training = loss_model.training
+    loss_model.eval()
+    try:
+        row = TreeRow(tree_layout(exs, tags=[AGENT] * 3))
+        tree = collate([row], tree_attention=mode).to(device)  # type: ignore[arg-type]
+        shared = float(loss_model(tree.input_ids, tree.labels, tree.position_ids, targets=tree.targets,
+                                  **tree.extra)[0])  # fmt: skip
+        plain = collate([Row(r, (AGENT,) * 3) for r in build_rows(exs, [[0, 1, 2]])]).to(device)
+        separate = float(loss_model(plain.input_ids, plain.labels, plain.position_ids, **plain.extra)[0])
+    finally:
+        loss_model.train(was_training)
+    return abs(shared - separate) <= rtol * max(abs(separate), 1e-6), shared, separate
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -177,8 +254,13 @@ def _source_sums(token_losses: torch.Tensor, mb: MicroBatch) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def evaluate(accelerator: Any, loss_model: Any, sources: Sources, config: TrainConfig, pad_id: int) -> dict[str, float]:
-    """Held-out loss per source, mean over its trained tokens: ``eval_agent_loss``, ``eval_general_loss``."""
+def evaluate(
+    accelerator: Any, loss_model: Any, sources: Sources, config: TrainConfig, pad_id: int, sharing: str = "off"
+) -> dict[str, float]:
+    """Held-out loss per source, mean over its trained tokens: ``eval_agent_loss``, ``eval_general_loss``.
+
+    ``sharing``: a :func:`sharing_mode` other than ``"off"`` lays the held-out examples out with shared prefixes.
+    """
     flatten = "flash" in (config.attn_implementation or "")
     loss_model.eval()
     out: dict[str, float] = {}
@@ -190,19 +272,24 @@ def evaluate(accelerator: Any, loss_model: Any, sources: Sources, config: TrainC
             batches = eval_micro_batches(
                 table, src, max_len=config.max_len, pack=config.pack, rows_per_batch=config.eval_batch_rows,
                 process_index=accelerator.process_index, num_processes=accelerator.num_processes,
+                prefix_sharing=sharing != "off",
             )  # fmt: skip
             sums = torch.zeros(2, dtype=torch.float32 if accelerator.device.type == "mps" else torch.float64,
                                device=accelerator.device)  # fmt: skip
             for rows in batches:
-                mb = collate(rows, pad_id, flatten=flatten).to(accelerator.device)
-                loss_sum, token_losses = loss_model(mb.input_ids, mb.labels, mb.position_ids, **mb.extra)
+                mb = collate(rows, pad_id, flatten=flatten, tree_attention=_tree_mode(sharing)).to(accelerator.device)
+                loss_sum, _ = loss_model(mb.input_ids, mb.labels, mb.position_ids, targets=mb.targets, **mb.extra)
                 sums[0] += loss_sum.to(sums.dtype)
-                sums[1] += token_losses.numel()
+                sums[1] += mb.trained
             total = accelerator.reduce(sums, "sum")
             out[f"eval_{name}_loss"] = float(total[0] / total[1]) if total[1] > 0 else float("nan")
     finally:
         loss_model.train()
     return out
+
+
+def _tree_mode(sharing: str) -> Any:
+    return sharing if sharing != "off" else "segments"
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -250,6 +337,7 @@ def _train(accelerator: Any, config: TrainConfig, callbacks: Sequence[Callable[[
             raise ConfigError(f"{table.name} data holds token id {table.max_id()} but the model's vocabulary has "
                               f"{vocab}: was it prepared with another tokenizer?")  # fmt: skip
 
+    sharing, sharing_off_because = sharing_mode(config, model)
     impl = resolve_impl(model, config.loss_impl, sharded=sharded)
     loss_model = CausalLMLoss(model, impl=impl, chunk=config.loss_chunk)
     optimizer = torch.optim.AdamW(
@@ -260,7 +348,7 @@ def _train(accelerator: Any, config: TrainConfig, callbacks: Sequence[Callable[[
     planner = BatchPlanner(
         sources.train[AGENT], sources.train[GENERAL], eta=config.eta, seed=config.seed, max_len=config.max_len,
         n_slots=accelerator.num_processes * config.grad_accum, batch_size=config.batch_size,
-        batch_tokens=config.batch_tokens, pack=config.pack,
+        batch_tokens=config.batch_tokens, pack=config.pack, prefix_sharing=sharing != "off",
     )  # fmt: skip
     epoch_draws = planner.epoch_draws()
     if config.max_steps is not None:
@@ -285,13 +373,32 @@ def _train(accelerator: Any, config: TrainConfig, callbacks: Sequence[Callable[[
             accelerator.unwrap_model(loss_model).impl = "full"
             accelerator.print(f"warning: chunked loss {ours:.6g} != model's own {ref:.6g} on a probe; "
                               "using loss_impl=full")  # fmt: skip
+    if sharing != "off":  # shared-prefix rows must give the separate examples' loss, or we pack as usual
+        rtol = 1e-4 if config.precision == "fp32" else 2e-2
+        tried = [sharing] + (["mask"] if sharing == "segments" else [])
+        for mode in tried:
+            try:
+                agree, shared, separate = check_sharing(loss_model, sources, mode, accelerator.device, rtol)
+            except (NotImplementedError, RuntimeError, ValueError, TypeError) as e:
+                agree, shared, separate = False, float("nan"), float("nan")
+                accelerator.print(f"warning: prefix sharing ({mode}) failed on a probe: {e}")
+            if agree:
+                break
+        sharing = mode if agree else "off"
+        planner.prefix_sharing = sharing != "off"
+        if not agree:
+            sharing_off_because = "its loss differed from the separate examples' on a probe"
+            accelerator.print(f"warning: shared-prefix loss {shared:.6g} != separate examples' {separate:.6g} on a "
+                              "probe; prefix sharing off")  # fmt: skip
+    result_sharing = sharing if sharing != "off" else f"off ({sharing_off_because})"
 
-    start_step, tokens_seen, trained_seen = 0, 0, 0
+    start_step, tokens_seen, trained_seen, layout_resumed = 0, 0, 0, 0
     if resumed_from is not None:
         state = load_checkpoint(accelerator, resumed_from, strict=config.method == "full" or sharded)
         start_step = int(state["step"])
         planner.load_state_dict(state["stream"])
         tokens_seen, trained_seen = int(state.get("tokens", 0)), int(state.get("trained_tokens", 0))
+        layout_resumed = int(state.get("layout_tokens", tokens_seen))
         accelerator.print(f"resumed from {resumed_from} at step {start_step}")
     if accelerator.is_main_process:
         save_config(config, out / "config.yaml")
@@ -302,19 +409,21 @@ def _train(accelerator: Any, config: TrainConfig, callbacks: Sequence[Callable[[
         accelerator.init_trackers("agenttuning", config=hparams)
     logger = MetricsLogger(out, accelerator, total_steps=total_steps, start_step=start_step,
                            log_every=config.log_every, trackers=trackers)  # fmt: skip
-    result = TrainResult(out, None, start_step, total_steps, loss_impl=impl, resumed_from=resumed_from)
+    result = TrainResult(out, None, start_step, total_steps, loss_impl=impl, prefix_sharing=result_sharing,
+                         resumed_from=resumed_from)  # fmt: skip
 
     # ---- loop ------------------------------------------------------------------------------------------------------
     flatten = "flash" in (config.attn_implementation or "")
     world, accum = accelerator.num_processes, config.grad_accum
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
     step, run_start = start_step, time.perf_counter()
-    run_tokens, run_seconds = 0, 0.0
+    run_tokens, run_seconds, layout_seen = 0, 0.0, layout_resumed
+    tree_mode = _tree_mode(sharing)
     last_eval: dict[str, float] = {}
     acc_dtype = torch.float32 if accelerator.device.type == "mps" else torch.float64  # MPS has no float64
     try:
         if config.eval_fraction > 0 and config.eval_every and start_step == 0:
-            last_eval = evaluate(accelerator, loss_model, sources, config, pad_id)
+            last_eval = evaluate(accelerator, loss_model, sources, config, pad_id, sharing)
             logger.log({"step": 0, **last_eval})
         timer = Timer()
         while step < total_steps:
@@ -324,9 +433,10 @@ def _train(accelerator: Any, config: TrainConfig, callbacks: Sequence[Callable[[
             sums = torch.zeros(3, dtype=acc_dtype, device=accelerator.device)  # loss, agent, general
             grad_norm: Any = None
             for rows in batch.micro_batches(accelerator.process_index, world):
-                mb = collate(rows, pad_id, flatten=flatten).to(accelerator.device)
+                mb = collate(rows, pad_id, flatten=flatten, tree_attention=tree_mode).to(accelerator.device)
                 with accelerator.accumulate(loss_model):
-                    loss_sum, token_losses = loss_model(mb.input_ids, mb.labels, mb.position_ids, **mb.extra)
+                    loss_sum, token_losses = loss_model(mb.input_ids, mb.labels, mb.position_ids, targets=mb.targets,
+                                                        **mb.extra)  # fmt: skip
                     accelerator.backward(loss_sum * scale)
                     if accelerator.sync_gradients:
                         grad_norm = accelerator.clip_grad_norm_(loss_model.parameters(), max_norm)
@@ -339,6 +449,7 @@ def _train(accelerator: Any, config: TrainConfig, callbacks: Sequence[Callable[[
             totals = accelerator.reduce(sums, "sum").tolist()
             elapsed = timer.lap()
             tokens_seen += batch.tokens
+            layout_seen += batch.layout_tokens
             run_tokens += batch.tokens
             run_seconds += elapsed
             trained_seen += batch.trained
@@ -350,7 +461,8 @@ def _train(accelerator: Any, config: TrainConfig, callbacks: Sequence[Callable[[
                 "general_loss": totals[2] / batch.trained_by_source[1] if batch.trained_by_source[1] else None,
                 "lr": lr,
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "tokens": batch.tokens,
+                "tokens": batch.tokens,  # the examples' tokens
+                "layout_tokens": batch.layout_tokens,  # the tokens computed (fewer with prefix sharing)
                 "trained_tokens": batch.trained,
                 "examples": batch.examples,
                 "agent_examples": batch.agent_examples,
@@ -361,11 +473,12 @@ def _train(accelerator: Any, config: TrainConfig, callbacks: Sequence[Callable[[
             result.losses.append(loss)
             logger.step(record)
             if config.eval_fraction > 0 and config.eval_every and step % config.eval_every == 0:
-                last_eval = evaluate(accelerator, loss_model, sources, config, pad_id)
+                last_eval = evaluate(accelerator, loss_model, sources, config, pad_id, sharing)
                 logger.log({"step": step, **last_eval})
             if config.save_every and (step % config.save_every == 0 or step == total_steps):  # the last: to extend
                 state = {"step": step, "stream": planner.state_dict(), "tokens": tokens_seen,
-                         "trained_tokens": trained_seen, "total_steps": total_steps}  # fmt: skip
+                         "trained_tokens": trained_seen, "layout_tokens": layout_seen,
+                         "total_steps": total_steps}  # fmt: skip
                 save_checkpoint(accelerator, out, step, state, config, config.save_total_limit)
             result.steps = step
             for callback in callbacks:
@@ -374,14 +487,14 @@ def _train(accelerator: Any, config: TrainConfig, callbacks: Sequence[Callable[[
 
         # ---- save ----------------------------------------------------------------------------------------------
         if config.eval_fraction > 0 and not (config.eval_every and step % config.eval_every == 0 and last_eval):
-            last_eval = evaluate(accelerator, loss_model, sources, config, pad_id)
+            last_eval = evaluate(accelerator, loss_model, sources, config, pad_id, sharing)
             logger.log({"step": step, **last_eval})
         result.eval = last_eval
         result.model_dir = save_final(accelerator, loss_model, tokenizer, config, out)
     finally:
         logger.close()
     result.wall_s = time.perf_counter() - run_start
-    result.tokens, result.trained_tokens = tokens_seen, trained_seen
+    result.tokens, result.trained_tokens, result.layout_tokens = tokens_seen, trained_seen, layout_seen
     ran = result.losses
     result.tokens_per_s = run_tokens / run_seconds if run_seconds else 0.0
     if accelerator.is_main_process:
@@ -391,7 +504,8 @@ def _train(accelerator: Any, config: TrainConfig, callbacks: Sequence[Callable[[
             "stage": "train", "steps": step, "total_steps": total_steps, "loss": ran[-1] if ran else None,
             **last_eval, "tokens": tokens_seen, "trained_tokens": trained_seen,
             "tokens_per_s": result.tokens_per_s, "wall_s": result.wall_s, "model_dir": str(result.model_dir),
-            "loss_impl": impl, "num_processes": world, "resumed_from": str(resumed_from) if resumed_from else None,
+            "layout_tokens": layout_seen, "loss_impl": impl, "prefix_sharing": result_sharing,
+            "num_processes": world, "resumed_from": str(resumed_from) if resumed_from else None,
             "data": sources.to_dict(),
         })  # fmt: skip
     if trackers:
@@ -414,4 +528,13 @@ def _release_accelerate_state(accelerator: Any) -> None:
     GradientState._reset_state()
 
 
-__all__ = ["STREAM_FIELDS", "StepEvent", "TrainResult", "evaluate", "make_accelerator", "train"]
+__all__ = [
+    "STREAM_FIELDS",
+    "StepEvent",
+    "TrainResult",
+    "check_sharing",
+    "evaluate",
+    "make_accelerator",
+    "sharing_mode",
+    "train",
+]
