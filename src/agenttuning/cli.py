@@ -448,12 +448,20 @@ def pipeline(
     from agenttuning.pipeline import load_pipeline_config, run_pipeline
     from agenttuning.pipeline.run import headline_table, stages_table
 
-    cfg = load_pipeline_config(config, list(ctx.args))
+    config, overrides = _config_and_overrides(config, list(ctx.args))
+    cfg = load_pipeline_config(config, overrides)
     run = run_pipeline(cfg, console=err, progress=progress)
     console.print(stages_table(run))
     console.print(headline_table(run))
     if run.report is not None:
         console.print(f"report: [bold]{run.out / 'report' / 'report.html'}[/] (and report.md, trajectories.html)")
+
+
+def _config_and_overrides(config: str, args: list[str]) -> tuple[str, list[str]]:
+    """``agenttuning pipeline mix.eta=0.5`` means the default config with that override (not a file of that name)."""
+    if "=" in config and not Path(config).exists():
+        return "default", [config, *args]
+    return config, args
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -469,7 +477,7 @@ def sweep(
     from agenttuning.pipeline import apply_overrides, load_pipeline_config, run_sweep
     from agenttuning.pipeline.run import headline_table, stages_table
 
-    overrides = list(ctx.args)
+    config, overrides = _config_and_overrides(config, list(ctx.args))
     if eta is not None:
         overrides.append(f"sweep.eta=[{eta}]")
     if unfiltered is not None:

@@ -18,7 +18,9 @@ from agenttuning.pipeline.config import (
 def test_embedded_default_loads_and_overrides_apply() -> None:
     cfg = load_pipeline_config("default", ["mix.eta=0.5", "teacher.n=7", "train.max_steps=3", "eval.envs=[db]"])
     assert cfg.mix.eta == 0.5 and cfg.teacher.n == 7 and cfg.train["max_steps"] == 3 and cfg.eval.envs == ["db"]
-    assert cfg.model.name.startswith("scratch:") and cfg.general.source == "stdlib"
+    assert cfg.model.name == "smollm2-135m-instruct" and cfg.general.source == "stdlib"
+    assert cfg.train["method"] == "lora" and cfg.filter.enabled and cfg.mix.eta == 0.5
+    assert load_pipeline_config("scratch").model.name.startswith("scratch:")  # the smoke run keeps the tiny model
 
 
 def test_bad_configs_name_the_file_and_key(tmp_path: Path) -> None:
@@ -87,3 +89,13 @@ def test_a_stage_counts_as_done_only_after_its_manifest(tmp_path: Path) -> None:
     other = StageDir("filter", "ab" * 6 + "cd" * 26, sd.path)
     assert not other.complete()
     json.loads(sd.manifest_path.read_text())  # valid JSON, written atomically
+
+
+def test_a_first_argument_with_an_equals_sign_is_an_override_of_the_default(tmp_path: Path) -> None:
+    from agenttuning.cli import _config_and_overrides
+
+    assert _config_and_overrides("out=runs/x", ["mix.eta=0.5"]) == ("default", ["out=runs/x", "mix.eta=0.5"])
+    assert _config_and_overrides("scratch", ["out=runs/x"]) == ("scratch", ["out=runs/x"])
+    odd = tmp_path / "a=b.yaml"  # a real file whose name holds '=' is still a config file
+    odd.write_text("name: x\n")
+    assert _config_and_overrides(str(odd), []) == (str(odd), [])

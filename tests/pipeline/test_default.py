@@ -1,4 +1,4 @@
-"""The embedded default end to end, as the README's first command runs it (slow: about 11 minutes on 2 cores)."""
+"""The embedded default end to end, as the README's first command runs it (slow: about 20 minutes on 2 cores)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ from tests.report.test_browser import assert_not_blank
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_embedded_default_in_15_minutes_and_its_report_opens_in_chromium(tmp_path: Path) -> None:
+@pytest.mark.timeout(1800)
+def test_embedded_default_in_20_minutes_and_its_report_opens_in_chromium(tmp_path: Path) -> None:
     out = tmp_path / "default"
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "agenttuning.cli", "pipeline", f"out={out}", "--no-progress"],
-                          capture_output=True, text=True, timeout=1100)  # fmt: skip
+                          capture_output=True, text=True, timeout=1700)  # fmt: skip
     seconds = time.perf_counter() - t0
     assert done.returncode == 0, done.stderr[-3000:]
-    assert seconds < 15 * 60, f"the default took {seconds:.0f} s"
+    assert seconds < 20 * 60, f"the default took {seconds:.0f} s"
     assert "base vs tuned" in done.stdout
 
     report = out / "report"
