@@ -116,7 +116,8 @@ def test_show_renders_thought_action_observation(tmp_path):
 
 def test_check_command_passes_for_db():
     r = run("check", "--env", "db", "--max-tasks", "30")
-    assert r.exit_code == 0 and "FAIL" not in r.output and r.output.count("pass") == 6
+    # six contract checks and three adversarial ones (bounded actions, no leaks, lifecycle)
+    assert r.exit_code == 0 and "FAIL" not in r.output and r.output.count("│ pass   │") == 9, r.output
 
 
 def test_resume_appends_only_missing(tmp_path):

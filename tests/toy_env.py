@@ -43,7 +43,7 @@ class LookupEnv(Environment):
         if verb == "answer":
             ok = arg.strip() == _word(p["key"])
             return StepResult("Correct." if ok else "Wrong.", reward=float(ok), terminated=True, info={"success": ok})
-        return StepResult(self.d.invalid_action(f"unknown action {verb!r}"), info={"invalid": True})
+        return StepResult(self.d.invalid_action(f"unknown action {verb[:40]!r}"), info={"invalid": True})
 
 
 class LookupDefinition(EnvDefinition):

@@ -23,6 +23,9 @@ def test_every_registered_environment_conforms(definition):
         "reset deterministic, invalid actions are feedback",
         "expert solves every test task",
         "wrong answer scores 0",
+        "adversarial actions: bounded time, size and memory",
+        "no state leaks between episodes",
+        "episode lifecycle: early and late steps, resets, interrupt, close",
     ]
 
 
@@ -98,3 +101,82 @@ def test_third_party_environments_load_from_entry_points(monkeypatch):
         get("lookup-v2")
     with pytest.raises(KeyError, match="unknown environment"):
         get("nope")
+
+
+# --- the adversarial suite catches what an agent's actions may never do --------------------------------------
+
+def _adversarial_failures(env_class, **kw):
+    class Def(LookupDefinition):
+        def make(self):
+            return env_class(self)
+
+    report = check_env(Def(n_test=2), call_limit_s=kw.pop("call_limit_s", 0.5), **kw)
+    return {r.name: r.detail for r in report.failures()}
+
+
+def test_adversarial_suite_catches_an_unbounded_observation():
+    class Echo(LookupEnv):
+        def step(self, action):
+            return StepResult(f"You said {action}", info={"invalid": True})
+
+    detail = _adversarial_failures(Echo)["adversarial actions: bounded time, size and memory"]
+    assert "observation" in detail
+
+
+def test_adversarial_suite_catches_a_step_that_overruns_and_one_that_raises():
+    import threading
+
+    class Slow(LookupEnv):
+        def __init__(self, d):
+            super().__init__(d)
+            self.stop = threading.Event()
+
+        def step(self, action):
+            if len(action) > 100_000:
+                self.stop.wait(3)  # a long call that only interrupt() ends early
+            return super().step(action)
+
+        def interrupt(self):
+            self.stop.set()
+
+    detail = _adversarial_failures(Slow)["adversarial actions: bounded time, size and memory"]
+    assert "did not return within 0.5 s (it returned only after interrupt())" in detail
+
+    class Raises(LookupEnv):
+        def step(self, action):
+            action.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError
+            return super().step(action)
+
+    detail = _adversarial_failures(Raises)["adversarial actions: bounded time, size and memory"]
+    assert "UnicodeEncodeError" in detail
+
+
+def test_adversarial_suite_catches_state_leaking_into_the_next_episode():
+    class Leaky(LookupEnv):
+        poisoned = False  # shared by every instance: what one episode does is seen by the next
+
+        def reset(self, task):
+            return super().reset(task) + (" (poisoned)" if Leaky.poisoned else "")
+
+        def step(self, action):
+            if "\ud800" in action:  # only the adversarial actions have one
+                Leaky.poisoned = True
+            return super().step(action)
+
+    assert "no state leaks between episodes" in _adversarial_failures(Leaky)
+
+
+def test_adversarial_suite_catches_unbounded_memory():
+    kept = []
+
+    class Hog(LookupEnv):
+        def step(self, action):
+            if len(action) > 100_000:
+                kept.append(b"x" * (48 << 20))  # retained across steps, like a cache that never evicts
+            return super().step(action)
+
+    try:
+        detail = _adversarial_failures(Hog, max_rss_growth=32 << 20)["adversarial actions: bounded time, size and memory"]
+        assert "memory grew by" in detail
+    finally:
+        kept.clear()

@@ -333,8 +333,10 @@ def test_large_results_are_cut():
         obs = env.step(sql("SELECT id FROM cities ORDER BY id")).observation
         assert obs.endswith(f"(only the first {MAX_ROWS_SHOWN} rows are shown)")
         assert obs.split("\n")[0].count("(") == MAX_ROWS_SHOWN
-        obs = env.step(sql("SELECT group_concat(name, ' ') FROM cities")).observation
+        obs = env.step(sql("SELECT group_concat(name, ' ') FROM (SELECT name FROM cities LIMIT 3000)")).observation
         assert len(obs) < 4100 and "output cut" in obs
+        # a string over the length limit (50 kB, which bounds single-call costs) is an error, not a cut result
+        assert env.step(sql("SELECT group_concat(name, ' ') FROM cities")).observation == "Error: string or blob too big"
 
 
 # --------------------------------------------------------------------------------------------------------------

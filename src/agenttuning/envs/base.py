@@ -4,7 +4,11 @@ An *environment family* (:class:`EnvDefinition`) owns its tasks, prompts, expert
 instance* (:class:`Environment`) runs one episode at a time with Gymnasium's semantics: ``reset(task)`` returns the
 first observation, ``step(action)`` returns a :class:`StepResult` in which ``terminated`` means the task ended (an
 answer was given, the goal reached or failed) and ``truncated`` means the episode was stopped from outside the task
-(a step budget), and ``close()`` frees resources. Instances are created per episode and used from one thread.
+(a step budget), and ``close()`` frees resources. Instances are created per episode and used from one thread at a
+time; the one call another thread may make is ``interrupt()``, which makes a running ``reset``/``step`` return
+promptly. The owner closes an instance only after any running call has returned: a runner that gives up on a step
+calls ``interrupt()``, waits for the step to return, then calls ``close()`` (closing a resource under a running call,
+such as a SQLite connection, can crash the whole process).
 
 Versioned ids (``db-v1``): any change to prompts, tasks or scoring bumps the version, so scores stay comparable.
 Third-party environments register through the entry-point group ``agenttuning.envs``: the entry point names an
@@ -81,8 +85,15 @@ class Environment(ABC):
         observation with reward 0 and ``info["invalid"] = True``.
         """
 
+    def interrupt(self) -> None:  # noqa: B027 - optional hook
+        """Make a running ``reset``/``step`` return promptly; safe to call from any thread, at any time, repeatedly.
+
+        An environment whose calls can run long (a query, a subprocess) stops the work and returns its usual
+        feedback for a stopped action; the default does nothing, for environments whose every call is short.
+        """
+
     def close(self) -> None:  # noqa: B027 - optional hook
-        """Free resources. Safe to call more than once."""
+        """Free resources. Safe to call more than once; called by the owner after any running call has returned."""
 
     def __enter__(self) -> Environment:
         return self
@@ -131,6 +142,14 @@ class EnvDefinition(ABC):
         """Feedback observation for a reply with no parsable action."""
         return f"Invalid action: {reason}. Reply with 'Thought: ...' and then 'Action: ...' in the required format."
 
+    def adversarial_actions(self, task: Task) -> list[str]:
+        """Actions a hostile model might send in an episode of ``task``, for the conformance check's adversarial
+        suite (see :mod:`agenttuning.envs.check`): every one must come back as an observation of bounded size within
+        a few seconds, use bounded memory and leave no trace in the next episode. The default is generic garbage
+        (huge, NUL, lone surrogates, control characters, deep nesting, many lines); a family adds its own probes of
+        what its actions can do (``super().adversarial_actions(task) + [...]``)."""
+        return generic_adversarial_actions()
+
     @cached_property
     def prompt_hash(self) -> str:
         """Hash of everything the agent is shown before the task: changes when prompts change."""
@@ -155,6 +174,21 @@ class EnvDefinition(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id}>"
+
+
+def generic_adversarial_actions() -> list[str]:
+    """Garbage any environment must survive: the default of :meth:`EnvDefinition.adversarial_actions`."""
+    return [
+        "x" * (1 << 20),  # 1 MB without a space
+        "Action: " + "word " * 200_000,  # 1 MB of words
+        "nul \x00 byte \x00" * 10,
+        "lone surrogates \ud800 and \udfff",
+        "".join(map(chr, range(1, 32))) * 100 + "\x7f\x85\u2028\u2029\ufeff",
+        "(" * 100_000 + ")" * 100_000,
+        "[{" * 50_000 + "}]" * 50_000,
+        "\n".join(["- * # ` > | _ ~ ["] * 50_000),  # many lines of markdown-ish characters
+        "Final Answer: " + "[" * 10_000 + "]" * 10_000,
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -3,16 +3,31 @@
 It checks the contract (types, Gymnasium's terminated/truncated semantics, invalid actions as feedback), that tasks
 and resets are deterministic and the splits disjoint, that the expert solves every test task without a model (an
 environment proves its own tasks before any model is blamed), and that a deliberately wrong answer scores 0.
+
+Then the adversarial suite, which uses only the :class:`EnvDefinition` API so every environment inherits it: the
+family's :meth:`~EnvDefinition.adversarial_actions` (generic garbage plus the family's own probes) are sent in an
+episode, and every call must return within :data:`CALL_TIME_LIMIT_S` (a call that overruns is sent ``interrupt()``
+and fails the check), return an observation of at most :data:`MAX_OBSERVATION_CHARS` characters, never raise, and
+grow the process's memory by at most :data:`MAX_RSS_GROWTH_BYTES`; afterwards the same instance reset, and a fresh
+one, show the task as before and the expert still solves it (nothing leaks into the next episode); and the episode
+lifecycle holds (a step after the end or before any reset, a second reset, ``interrupt()`` at rest, closing twice).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from agenttuning.envs.base import EnvDefinition, StepResult
-from agenttuning.schema import Task, normalise_text
+from agenttuning.envs.base import EnvDefinition, Environment, StepResult
+from agenttuning.schema import Task, Turn, normalise_text
+
+CALL_TIME_LIMIT_S = 5.0  # the longest any reset or step may take, whatever the action
+MAX_OBSERVATION_CHARS = 100_000
+MAX_RSS_GROWTH_BYTES = 256 << 20  # peak growth of the process's memory over the adversarial episode
 
 
 @dataclass
@@ -48,8 +63,83 @@ def _require(cond: bool, message: str) -> None:
         raise AssertionError(message)
 
 
-def check_env(env: EnvDefinition, *, max_tasks: int | None = None, concurrency: int = 4) -> CheckReport:
-    """Run every conformance check; ``max_tasks`` limits the expert/wrong sweeps (None: the whole test split)."""
+def _short(action: str) -> str:
+    return repr(action[:40]) + (f"... ({len(action):,} chars)" if len(action) > 40 else "")
+
+
+def _timed(instance: Environment, what: str, fn: Callable[..., Any], *args: Any,
+           limit_s: float = CALL_TIME_LIMIT_S) -> tuple[Any, float]:
+    """``fn(*args)`` on a worker thread, waited for :data:`CALL_TIME_LIMIT_S`; an overrun is interrupted and fails.
+
+    A thread, not a process, because the point is the environment's own bound: one that ignores ``interrupt()``
+    leaves its daemon thread behind and the check says so."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - reported to the caller
+            box["error"] = e
+
+    start = time.monotonic()
+    worker = threading.Thread(target=target, name="check-call", daemon=True)
+    worker.start()
+    worker.join(limit_s)
+    if worker.is_alive():
+        instance.interrupt()
+        worker.join(limit_s)
+        after = "it returned only after interrupt()" if not worker.is_alive() else "it ignored interrupt() too"
+        raise AssertionError(f"{what} did not return within {limit_s:g} s ({after})")
+    if "error" in box:
+        e = box["error"]
+        raise AssertionError(f"{what} raised {type(e).__name__}: {str(e)[:200]}")
+    return box.get("value"), time.monotonic() - start
+
+
+class _PeakRss:
+    """Samples the process's resident memory on a thread while open; ``growth`` is the peak over the start."""
+
+    def __init__(self, every_s: float = 0.005):
+        import psutil
+
+        self._process, self._every, self.growth = psutil.Process(), every_s, 0
+        self._done = threading.Event()
+
+    def __enter__(self) -> _PeakRss:
+        self._start = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, name="check-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while True:
+            self.growth = max(self.growth, self._process.memory_info().rss - self._start)
+            if self._done.wait(self._every):
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _expert_reward(env: EnvDefinition, instance: Environment, task: Task) -> float:
+    """Reset ``instance`` to ``task`` and play the expert to the end; the final reward."""
+    from agenttuning.rollout.react import parse_reply
+
+    history = [Turn(role="user", content=_timed(instance, "reset", instance.reset, task)[0])]
+    for _ in range(env.max_turns):
+        reply = env.expert(task, history)
+        result, _ = _timed(instance, "step", instance.step, parse_reply(reply).action)
+        history += [Turn(role="assistant", content=reply), Turn(role="user", content=result.observation)]
+        if result.terminated or result.truncated:
+            return float(result.reward)
+    return 0.0
+
+
+def check_env(env: EnvDefinition, *, max_tasks: int | None = None, concurrency: int = 4,
+              call_limit_s: float = CALL_TIME_LIMIT_S, max_rss_growth: int = MAX_RSS_GROWTH_BYTES) -> CheckReport:
+    """Run every conformance check; ``max_tasks`` limits the expert/wrong sweeps (None: the whole test split);
+    ``call_limit_s`` and ``max_rss_growth`` are the adversarial suite's bounds."""
     from agenttuning.policies.baselines import ExpertPolicy, WrongPolicy
     from agenttuning.rollout.engine import EpisodeLimits, run_episode
 
@@ -131,6 +221,84 @@ def check_env(env: EnvDefinition, *, max_tasks: int | None = None, concurrency: 
             _require(not bad, f"a wrong answer scored or did not terminate on {len(bad)} tasks: {bad[:3]}")
         return f"{len(trajs)} test tasks"
 
+    used: list[Any] = []  # for the leak check: first observation and expert score before the probes, the instance
+
+    def adversarial() -> str:
+        task = splits["test"][0]
+        actions = env.adversarial_actions(task)
+        baseline = env.make()
+        try:  # the first observation and the expert's score before any probe ran (the leak check compares)
+            used.append(_timed(baseline, "reset", baseline.reset, task)[0])
+            used.append(_expert_reward(env, baseline, task))
+        finally:
+            baseline.close()
+        instance = env.make()
+        used.append(instance)
+        _timed(instance, "reset", instance.reset, task)
+        slowest, slowest_action = 0.0, ""
+        with _PeakRss() as rss:
+            for action in actions:
+                r, took = _timed(instance, f"step({_short(action)})", instance.step, action, limit_s=call_limit_s)
+                _require(isinstance(r, StepResult), f"step({_short(action)}) did not return a StepResult")
+                _require(isinstance(r.observation, str), f"step({_short(action)}) gave a non-string observation")
+                _require(len(r.observation) <= MAX_OBSERVATION_CHARS,
+                         f"step({_short(action)}) gave a {len(r.observation):,}-char observation "
+                         f"(at most {MAX_OBSERVATION_CHARS:,})")
+                if took > slowest:
+                    slowest, slowest_action = took, _short(action)
+                if r.terminated or r.truncated:
+                    _timed(instance, "reset", instance.reset, task)
+        _require(rss.growth <= max_rss_growth,
+                 f"memory grew by {rss.growth >> 20} MiB over the adversarial actions "
+                 f"(at most {max_rss_growth >> 20} MiB)")
+        return (f"{len(actions)} actions; slowest {slowest:.2f} s ({slowest_action}); "
+                f"peak memory +{rss.growth >> 20} MiB")
+
+    def no_leaks() -> str:
+        _require(len(used) == 3, "the adversarial check did not get as far as its probes")
+        task, (want, before, instance) = splits["test"][0], used
+        fresh = env.make()
+        try:
+            for name, episode in (("a fresh", fresh), ("the reset", instance)):
+                _require(_timed(episode, "reset", episode.reset, task)[0] == want,
+                         f"after the adversarial actions, {name} episode shows a different first observation")
+                _require(_expert_reward(env, episode, task) == before,
+                         f"after the adversarial actions, the expert scores differently in {name} episode")
+        finally:
+            fresh.close()
+            instance.close()
+        return f"task {task.id}: a fresh episode and the reset one are as before (expert scores {before:g})"
+
+    def lifecycle() -> str:
+        from agenttuning.rollout.react import parse_reply
+
+        task = splits["test"][0]
+        instance = env.make()
+        try:
+            try:  # a step before any reset: a clear error or an observation, never a hang or a crash
+                _timed(instance, "step before reset", instance.step, "x")
+            except AssertionError as e:
+                _require("did not return" not in str(e), str(e))
+            instance.interrupt()  # at rest: harmless
+            first = _timed(instance, "reset", instance.reset, task)[0]
+            _require(_timed(instance, "second reset", instance.reset, task)[0] == first, "reset twice differs")
+            action = parse_reply(env.wrong_answer(task)).action
+            for _ in range(env.max_turns):  # end the episode, however many turns its wrong answer takes
+                result = _timed(instance, "step", instance.step, action)[0]
+                if result.terminated or result.truncated:
+                    break
+            else:
+                raise AssertionError(f"the episode did not end within max_turns={env.max_turns} steps")
+            try:  # a step after the end
+                _timed(instance, "step after the end", instance.step, action)
+            except AssertionError as e:
+                _require("did not return" not in str(e), str(e))
+            instance.interrupt()
+        finally:
+            instance.close()
+            instance.close()
+        return "ok"
+
     _run(report, "identity", identity)
     _run(report, "tasks deterministic, splits disjoint", tasks)
     _run(report, "context well-formed", context)
@@ -138,4 +306,7 @@ def check_env(env: EnvDefinition, *, max_tasks: int | None = None, concurrency: 
         _run(report, "reset deterministic, invalid actions are feedback", reset_and_step)
         _run(report, "expert solves every test task", lambda: sweep(lambda: ExpertPolicy(env), True))
         _run(report, "wrong answer scores 0", lambda: sweep(lambda: WrongPolicy(env), False))
+        _run(report, "adversarial actions: bounded time, size and memory", adversarial)
+        _run(report, "no state leaks between episodes", no_leaks)
+        _run(report, "episode lifecycle: early and late steps, resets, interrupt, close", lifecycle)
     return report

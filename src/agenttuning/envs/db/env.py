@@ -2,13 +2,14 @@
 
 Actions (AgentBench's database task format): ``Operation`` followed by a fenced ```` ```sql ```` block runs the
 block's first statement and shows its result; ``Answer`` followed by ``Final Answer: [...]`` ends the episode and is
-graded (:mod:`.grading`). Anything else gets the invalid-action feedback and uses up a turn.
+graded (:mod:`.grading`). Anything else (including text SQLite cannot take: a NUL byte, a lone surrogate) gets the
+invalid-action feedback and uses up a turn.
 
 Guards, because the SQL comes from a model: each episode works on its own copy (nothing leaks between episodes or
-back into the shared image); an authorizer refuses ``ATTACH`` (which ``VACUUM INTO`` also needs, so no file can be
-written), ``load_extension`` and every ``PRAGMA`` but a few read-only ones; a progress handler stops a statement after
-:data:`STEP_BUDGET` virtual-machine steps or :data:`TIME_LIMIT_S` seconds; string/blob sizes are capped; and an
-observation shows at most :data:`MAX_ROWS_SHOWN` rows and :data:`MAX_OBSERVATION_CHARS` characters.
+back into the shared image), and :mod:`.guards` bounds what a statement may reach and how much time and memory it
+may take; grading a change hashes the table under a budget of its own. An observation shows at most
+:data:`MAX_ROWS_SHOWN` rows and :data:`MAX_OBSERVATION_CHARS` characters. :meth:`DbEnv.interrupt` stops a running
+statement or grading from any thread.
 """
 
 from __future__ import annotations
@@ -21,6 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 from agenttuning.envs.base import Environment, StepResult, truncate_at_budget
 from agenttuning.envs.db import data, grading
+from agenttuning.envs.db.guards import (  # noqa: F401 - re-exported: the guards' names as this module had them
+    MAX_SQL_CHARS,
+    STEP_BUDGET,
+    TIME_LIMIT_S,
+    TOO_LONG,
+    Authorizer,
+    Budget,
+    first_statement,
+    guarded_copy,
+    take_refusal,
+)
 from agenttuning.schema import Task
 
 if TYPE_CHECKING:
@@ -28,64 +40,22 @@ if TYPE_CHECKING:
 
 MAX_ROWS_SHOWN = 50
 MAX_OBSERVATION_CHARS = 4000
-MAX_SQL_CHARS = 20_000
-STEP_BUDGET = 20_000_000  # VM steps per statement; the heaviest gold query needs well under 1% of it
-TIME_LIMIT_S = 1.0  # backstop for steps that are slow (large sorts, long strings)
-_CHECK_EVERY = 1000  # VM steps between progress-handler calls
+GRADE_STEP_BUDGET = STEP_BUDGET * 10  # hashing the largest table takes ~2% of it
+GRADE_TIME_LIMIT_S = TIME_LIMIT_S * 10
+HASH_LOCK_WAIT_S = 2.0  # the longest one grading waits for the others before hashing alongside them
+HASH_HOLD_MAX_S = 0.5  # the longest one grading holds the hashing lock (the largest table takes ~0.13 s)
 
-_SAFE_PRAGMAS = frozenset(
-    {"table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list"}
-)
-_DENIED_FUNCTIONS = frozenset({"load_extension"})
 _WORD = re.compile(r"[*_`#\s]*([A-Za-z]+(?:\s+answer)?)", re.IGNORECASE)
 _SQL_BLOCK = re.compile(r"```[ \t]*(?:sqlite3|sqlite|sql)?[ \t]*\n?(.*?)```", re.IGNORECASE | re.DOTALL)
-
-_READ_ONLY_ACTIONS = frozenset(
-    getattr(sqlite3, n)
-    for n in ("SQLITE_SELECT", "SQLITE_READ", "SQLITE_FUNCTION", "SQLITE_RECURSIVE", "SQLITE_PRAGMA")
-    if hasattr(sqlite3, n)
-)
-
-
-class _Authorizer:
-    """SQLite authorizer: refuses what could reach outside the copy, and notes whether anything may have written.
-
-    ``wrote`` stays False only while every statement prepared so far was read-only, which lets grading reuse the
-    pristine table's hash instead of hashing the table again (a conservative flag: a write that failed counts).
-    """
-
-    def __init__(self) -> None:
-        self.wrote = False
-
-    def __call__(self, action: int, arg1: str | None, arg2: str | None, _db: str | None, _src: str | None) -> int:
-        if action not in _READ_ONLY_ACTIONS:
-            self.wrote = True
-        if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
-            return sqlite3.SQLITE_DENY
-        if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() not in _SAFE_PRAGMAS:
-            return sqlite3.SQLITE_DENY
-        if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _DENIED_FUNCTIONS:
-            return sqlite3.SQLITE_DENY
-        return sqlite3.SQLITE_OK
-
-
-def guarded_copy() -> tuple[sqlite3.Connection, _Authorizer]:
-    """A fresh private copy of the database with every guard installed."""
-    conn = data.open_copy()
-    authorizer = _Authorizer()
-    conn.set_authorizer(authorizer)
-    for name, value in (("SQLITE_LIMIT_ATTACHED", 0), ("SQLITE_LIMIT_LENGTH", 1_000_000),
-                        ("SQLITE_LIMIT_SQL_LENGTH", MAX_SQL_CHARS)):
-        if hasattr(sqlite3, name):
-            conn.setlimit(getattr(sqlite3, name), value)
-    return conn, authorizer
-
 
 _pristine: dict[str, str] = {}
 _pristine_lock = threading.Lock()
 # Hashing a whole table is Python-bound and fetches row by row, releasing the GIL at every row: threads hashing at
-# once hand the GIL back and forth and together run several times slower than one after another. One at a time.
+# once hand the GIL back and forth and together run several times slower than one after another. So one at a time;
+# but only as a speed-up, bounded both ways (DbEnv._table_matches): a holder lets go after HASH_HOLD_MAX_S, and a
+# waiter gives up after HASH_LOCK_WAIT_S, so an agent's slow table never stalls other episodes for long.
 _hash_lock = threading.Lock()
+_HASH_BATCH = 2000  # rows per fetch (~10 ms of hashing): the hold time is checked between batches
 
 
 def pristine_hash(table: str) -> str:
@@ -100,33 +70,12 @@ def pristine_hash(table: str) -> str:
         return _pristine[table]
 
 
-class _Budget:
-    """A progress handler that aborts the running statement once its step or time budget is spent."""
-
-    def __init__(self, steps: int, seconds: float):
-        self.calls_left, self.deadline, self.exceeded = steps // _CHECK_EVERY, time.monotonic() + seconds, False
-
-    def __call__(self) -> int:
-        self.calls_left -= 1
-        if self.calls_left < 0 or time.monotonic() > self.deadline:
-            self.exceeded = True
-            return 1
-        return 0
-
-
-def first_statement(sql: str) -> str:
-    """The first complete statement of ``sql`` (the rest is ignored, as the prompt says)."""
-    sql = sql.strip()
-    for i, ch in enumerate(sql):
-        if ch == ";" and sqlite3.complete_statement(sql[: i + 1]):
-            return sql[: i + 1]
-    return sql
-
-
-def run_statement(conn: sqlite3.Connection, sql: str, *, steps: int = STEP_BUDGET) -> tuple[str, bool]:
+def run_statement(conn: sqlite3.Connection, sql: str, *, steps: int = STEP_BUDGET,
+                  stop: threading.Event | None = None) -> tuple[str, bool]:
     """Execute one statement under the budget; return (observation, failed). Never raises."""
-    budget = _Budget(steps, TIME_LIMIT_S)
-    conn.set_progress_handler(budget, _CHECK_EVERY)
+    budget = Budget(steps, TIME_LIMIT_S, stop)
+    budget.install(conn)
+    take_refusal()
     try:
         cur = conn.execute(sql)
         if cur.description is None:
@@ -139,16 +88,27 @@ def run_statement(conn: sqlite3.Connection, sql: str, *, steps: int = STEP_BUDGE
             text += f"\n(only the first {MAX_ROWS_SHOWN} rows are shown)"
         return text, False
     except Exception as e:  # noqa: BLE001 - any failure of the agent's SQL is feedback, not a crash
-        if budget.exceeded:
-            return ("Error: the query was stopped because it ran too long. "
-                    "Write a simpler query (add conditions, avoid unbounded recursion or huge joins)."), True
-        return f"Error: {e}", True
+        if budget.exceeded or (stop is not None and stop.is_set()):
+            return TOO_LONG, True
+        refused = take_refusal()
+        return f"Error: {refused or e}"[:MAX_OBSERVATION_CHARS], True
     finally:
         conn.set_progress_handler(None, 0)
 
 
+def text_problem(text: str) -> str | None:
+    """Why SQLite cannot take ``text`` (a NUL byte, or a lone surrogate that has no UTF-8), or None."""
+    if "\x00" in text:
+        return "the action contains a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the action contains a lone surrogate (text that is not valid Unicode)"
+    return None
+
+
 class DbEnv(Environment):
-    """One episode of the ``db`` environment (create one per episode; single-threaded).
+    """One episode of the ``db`` environment (create one per episode; used from one thread at a time).
 
     Every action, valid or not, uses a turn; when :attr:`DbDefinition.max_turns` turns pass without an answer the
     episode is truncated with reward 0 (a change made but never confirmed with ``Answer`` is not graded).
@@ -157,28 +117,47 @@ class DbEnv(Environment):
     def __init__(self, definition: DbDefinition):
         self._definition = definition
         self._conn: sqlite3.Connection | None = None
-        self._authorizer: _Authorizer | None = None
+        self._authorizer: Authorizer | None = None
         self._task: Task | None = None
         self._turns = 0
         self._done = True
+        self._stop = threading.Event()  # set by interrupt(); every budget of this episode checks it
+        # held by a running call (reset, step, close); interrupt() never takes it, so it can reach a running call
+        self._busy = threading.RLock()
+        self._conn_lock = threading.Lock()  # orders interrupt() against the connection being replaced or closed
 
     def reset(self, task: Task) -> str:
         if task.env != self._definition.id:
             raise ValueError(f"task {task.id} belongs to {task.env}, not {self._definition.id}")
-        self.close()
-        self._conn, self._authorizer = guarded_copy()
-        self._task, self._turns, self._done = task, 0, False
+        with self._busy:
+            self.close()
+            conn, authorizer = guarded_copy()
+            with self._conn_lock:
+                self._conn, self._authorizer = conn, authorizer
+            self._stop.clear()
+            self._task, self._turns, self._done = task, 0, False
         return self._definition.observation(task.instruction)
 
     def step(self, action: str) -> StepResult:
-        if self._done or self._conn is None or self._task is None:
-            raise RuntimeError("the episode is over or was never started: call reset(task) first")
-        self._turns += 1
-        result = truncate_at_budget(self._act(action.strip()), self._turns, self._definition.max_turns)
-        self._done = result.terminated or result.truncated
-        return result
+        with self._busy:
+            if self._done or self._conn is None or self._task is None:
+                raise RuntimeError("the episode is over or was never started: call reset(task) first")
+            self._turns += 1
+            result = truncate_at_budget(self._act(action.strip()), self._turns, self._definition.max_turns)
+            self._done = result.terminated or result.truncated
+            return result
+
+    def interrupt(self) -> None:
+        """Stop the running statement or grading (from any thread): the step returns the too-long feedback."""
+        self._stop.set()
+        with self._conn_lock:
+            if self._conn is not None:
+                self._conn.interrupt()  # the one sqlite3 call that is safe from another thread
 
     def _act(self, action: str) -> StepResult:
+        problem = text_problem(action)
+        if problem is not None:
+            return self._invalid(problem)
         m = _WORD.match(action)
         word = " ".join(m.group(1).lower().split()) if m else ""
         if word == "operation":
@@ -191,7 +170,7 @@ class DbEnv(Environment):
             if not sql.strip(" ;\n\t"):
                 return self._invalid("the ```sql``` block is empty")
             assert self._conn is not None
-            observation, failed = run_statement(self._conn, sql)
+            observation, failed = run_statement(self._conn, sql, stop=self._stop)
             return StepResult(observation, info={"sql": sql, "error": failed})
         if word in ("answer", "final answer"):
             text = grading.answer_text(action)
@@ -214,23 +193,59 @@ class DbEnv(Environment):
         elif self._authorizer is not None and not self._authorizer.wrote:
             success = pristine_hash(payload["table"]) == payload["table_hash"]
         else:
-            # the agent may have replaced the table by a runaway view: hash under a (generous) budget too
-            budget = _Budget(STEP_BUDGET * 10, TIME_LIMIT_S * 10)
-            self._conn.set_progress_handler(budget, _CHECK_EVERY)
-            try:
-                with _hash_lock:
-                    success = grading.table_hash(self._conn, payload["table"]) == payload["table_hash"]
-            except Exception:  # noqa: BLE001 - a dropped or broken table simply fails the task
-                success = False
-            finally:
-                self._conn.set_progress_handler(None, 0)
+            success = self._table_matches(payload["table"], payload["table_hash"])
         reward = 1.0 if success else 0.0
         # the final observation does not say whether the answer was right: it is never shown to a policy anyway
         info = {"success": success, "answer": given}
         return StepResult("Answer received; the task is over.", reward, terminated=True, info=info)
 
+    def _table_matches(self, table: str, want: str) -> bool:
+        """Hash the agent's table under a budget: it may be a view over a runaway query, or be gone."""
+        assert self._conn is not None
+        Budget(GRADE_STEP_BUDGET, GRADE_TIME_LIMIT_S, self._stop).install(self._conn)
+        total = count = 0
+        try:
+            # main. explicitly: a TEMP table of the same name would otherwise shadow the real one
+            cur = self._conn.execute(f'SELECT * FROM main."{table}"')
+            # One grading hashes at a time (see _hash_lock), holding the lock for the whole table, as long as that
+            # is quick. A slow table (an agent's view over a runaway query) lets go after HASH_HOLD_MAX_S and finishes
+            # without it; a grading waits at most HASH_LOCK_WAIT_S in all, then hashes without the lock. So no
+            # table stalls another episode by more than about HASH_HOLD_MAX_S, and normal gradings never thrash.
+            wait_left, locked, held_since = HASH_LOCK_WAIT_S, False, 0.0
+            try:
+                while True:
+                    if not locked and wait_left > 0:
+                        t0 = time.monotonic()
+                        locked = _hash_lock.acquire(timeout=wait_left)
+                        held_since = time.monotonic()
+                        wait_left = 0.0 if locked else max(0.0, wait_left - (held_since - t0))
+                    rows = cur.fetchmany(_HASH_BATCH)
+                    part, n = grading.digest_sum(rows)
+                    if locked and time.monotonic() - held_since > HASH_HOLD_MAX_S:
+                        _hash_lock.release()
+                        locked = False  # and never again: wait_left is 0
+                    if not rows:
+                        return grading.combine(total, count) == want
+                    total, count = total + part, count + n
+            finally:
+                if locked:
+                    _hash_lock.release()
+        except Exception:  # noqa: BLE001 - a dropped, broken or runaway table simply fails the task
+            return False
+        finally:
+            self._conn.set_progress_handler(None, 0)
+
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        self._done = True
+        """Free the connection. Safe to call twice; if a call is running on another thread, it is interrupted and
+        waited for first (closing a connection under a running statement crashes the process)."""
+        if not self._busy.acquire(blocking=False):
+            self.interrupt()
+            self._busy.acquire()
+        try:
+            with self._conn_lock:
+                conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+            self._done = True
+        finally:
+            self._busy.release()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 
 from agenttuning.envs.base import EnvDefinition, Environment, Split, TaskCache
-from agenttuning.envs.kg import data, expert, tasks, tools
+from agenttuning.envs.kg import data, env, expert, tasks, tools
 from agenttuning.envs.kg.env import KgEnv
 from agenttuning.schema import Task, Turn
 
@@ -96,3 +96,19 @@ class KgDefinition(EnvDefinition):
 
     def wrong_answer(self, task: Task) -> str:
         return expert.wrong_reply(task)
+
+    def adversarial_actions(self, task: Task) -> list[str]:
+        """Generic garbage, then tool calls at the size limits, on undefined variables and with odd arguments."""
+        entity = task.payload["entities"][0]
+        near = "x" * (tools.MAX_NAME_CHARS - 1)  # the longest name still searched for near matches
+        return super().adversarial_actions(task) + [
+            f"get_relations({near})",
+            f"get_neighbors({near}, borders)",
+            f"get_neighbors({entity}, " + "r" * 1900 + ")",
+            "get_relations(" + "a" * (env.MAX_ACTION_CHARS - 20) + ")",
+            f"get_neighbors({entity}, borders)", "intersection(#0, #0)", "count(#1)", "intersection(#0, #2)",
+            "count(#" + "9" * 1500 + ")",
+            "Final Answer: " + "9" * 1900,
+            "Final Answer: #" + "9" * 1900,
+            f"get_neighbors(\x00{entity}, borders)", f"get_relations({entity}\ud800)",
+        ]
