@@ -6,8 +6,17 @@ import os
 
 import pytest
 
-from agenttuning.jsonl import AppendWriter, RecordError, read_records, repair_tail, write_atomic
-from agenttuning.schema import Task
+from agenttuning.jsonl import (
+    AppendWriter,
+    LockedError,
+    RecordError,
+    dumps,
+    iter_json,
+    read_records,
+    repair_tail,
+    write_atomic,
+)
+from agenttuning.schema import Step, Task
 
 
 def task(i: int) -> Task:
@@ -65,3 +74,51 @@ def test_write_atomic_leaves_the_old_file_when_interrupted(tmp_path):
         write_atomic(p, boom())
     assert read_records(p, Task) == [task(0)]
     assert os.listdir(tmp_path) == ["x.jsonl"]  # no temp file left behind
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (b'{"id": "t9", "instruction": "caf\xe9"}',
+         "invalid UTF-8: byte 0xe9 at byte 33 of the line (the file must be UTF-8 text)"),
+        (b"[" * 100_000, "invalid JSON: nested too deeply"),
+        (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, "invalid JSON: nested too deeply"),
+    ],
+    ids=["invalid utf-8", "deep array", "deep object"],
+)
+def test_undecodable_or_too_deep_lines_name_file_and_line(tmp_path, bad, message):
+    p = tmp_path / "tasks.jsonl"
+    good = task(0).model_dump_json().encode()
+    p.write_bytes(good + b"\n" + good + b"\r\n" + bad + b"\n" + good + b"\n")
+    with pytest.raises(RecordError) as e:
+        read_records(p, Task)
+    assert str(e.value) == f"{p}:3: {message}"
+
+
+def test_line_numbers_count_line_endings_as_text_mode_does(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b'{"a":1}\r\n\r\n{"a":2}\r{"a":3}\n{"a":4}')
+    assert list(iter_json(p)) == [(1, {"a": 1}), (3, {"a": 2}), (4, {"a": 3}), (5, {"a": 4})]
+
+
+def test_text_utf8_cannot_encode_is_written_with_replacement_characters(tmp_path):
+    p = tmp_path / "x.jsonl"
+    with AppendWriter(p) as w:
+        w.write(Step(thought="lone \ud800 and \udfff", action="a\x00b", observation="ok"))
+        w.write({"text": "\udc80", "pair": "\ud83d\ude00"})
+    (_, first), (_, second) = iter_json(p)
+    step = Step.model_validate(first)
+    assert (step.thought, step.action) == ("lone \ufffd and \ufffd", "a\x00b")
+    assert second == {"text": "\ufffd", "pair": "\U0001f600"}
+    assert dumps(task(1)) == task(1).model_dump_json()  # clean text takes the fast path unchanged
+
+
+def test_a_second_writer_on_a_file_in_use_is_refused(tmp_path):
+    p = tmp_path / "x.jsonl"
+    with AppendWriter(p) as w:
+        w.write(task(0))
+        with pytest.raises(LockedError, match=f"{p} is in use"):
+            AppendWriter(p)
+    with AppendWriter(p) as w:  # released with the first writer
+        w.write(task(1))
+    assert read_records(p, Task) == [task(0), task(1)]

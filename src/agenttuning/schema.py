@@ -79,6 +79,13 @@ class Step(_Frozen):
         description="The reply verbatim when it differs from the canonical 'Thought: ..\\nAction: ..' rendering.",
     )
     parse_error: str | None = Field(default=None, description="Why the reply had no parsable action, if so.")
+    # written only when set, so records without a note stay byte-identical to (and readable by) earlier versions
+    reply_note: str | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="How the engine changed the policy's reply before acting on it (cut to the size limit, lone "
+        "UTF-16 surrogates replaced by U+FFFD), if it did.",
+    )
 
     @property
     def reply(self) -> str:

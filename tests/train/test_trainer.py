@@ -157,3 +157,21 @@ def test_qlora_without_cuda_is_a_clear_error(tmp_path, base_overrides):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigError, match="qlora needs a CUDA GPU"):
         train(load_config(None, [*base_overrides, f"output_dir={tmp_path}", "max_steps=1", "method=qlora"]))
+
+
+def test_a_second_trainer_on_a_folder_in_use_is_refused_and_changes_nothing(tmp_path, base_overrides):
+    """Two trainers on one output folder: the second fails at once with a clear error, before it deletes or
+    rewrites anything of the first (here the first is stood in for by a process-held lock on the same file)."""
+    from agenttuning.jsonl import LockedError, locked
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    (run / "metrics.json").write_text('{"steps": 1}')
+    cfg = load_config(None, [*base_overrides, f"output_dir={run}", "max_steps=1"])
+    with locked(run / ".lock", "a training run"), pytest.raises(LockedError, match="in use"):
+        train(cfg)
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1, "loss": 2.0}\n'
+    assert (run / "metrics.json").exists()
+    result = train(cfg)  # once the first is gone, the folder is free again
+    assert result.steps == 1

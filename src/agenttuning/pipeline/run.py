@@ -4,14 +4,20 @@ Keys depend only on settings and upstream keys, never on outputs, so the whole p
 (:func:`plan`): a re-run with nothing changed finds every manifest and runs nothing; changing ``mix.eta`` changes the
 keys of mix, train, eval-tuned and report only. ``agenttuning sweep`` (:func:`run_sweep`) runs variants of one config
 into the same ``stages/`` folder, so they share everything upstream of what they change.
+
+A run holds an exclusive lock on its ``out`` folder (``out/.lock``) from start to end, so a second
+``agenttuning pipeline`` on the same folder fails at once with a clear error instead of racing the first one's stages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from agenttuning.jsonl import write_text_atomic
+from agenttuning.jsonl import locked, write_text_atomic
 from agenttuning.pipeline.cache import StageDir, stage_key
 from agenttuning.pipeline.config import PipelineConfig, apply_overrides
 from agenttuning.pipeline.stages import STAGES, Stage, StageContext, StageRecord
@@ -27,6 +33,24 @@ from agenttuning.pipeline.stages import STAGES, Stage, StageContext, StageRecord
 __all__ = ["PipelineRun", "PlannedStage", "plan", "run_pipeline", "run_sweep", "sweep_variants"]
 
 REPORT_VERSION = 1
+LOCK_FILE = ".lock"
+_held: dict[Path, int] = {}  # run folders locked by this process -> the thread holding each
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s run lock (LockedError if another process holds it); re-entrant for the thread holding it,
+    since a sweep runs each variant's pipeline into the folder it has locked."""
+    key = Path(out).resolve()
+    if _held.get(key) == threading.get_ident():
+        yield
+        return
+    with locked(key / LOCK_FILE, "this pipeline run folder"):
+        _held[key] = threading.get_ident()
+        try:
+            yield
+        finally:
+            del _held[key]
 
 
 @dataclass(frozen=True)
@@ -113,15 +137,16 @@ def run_pipeline(config: PipelineConfig, *, console: Console | None = None, prog
     t0 = time.perf_counter()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    records: dict[str, StageRecord] = {}
-    for p in plan(config):
-        records[p.stage.name] = _run_stage(p, config, records, console, progress)
-    run = PipelineRun(config, out, records, sweep=list(sweep or []))
-    if report:
-        run.report = _report(run, console)
-        _link(out / "report", run.report)
-    run.seconds = time.perf_counter() - t0
-    _write_run(run)
+    with run_lock(out):
+        records: dict[str, StageRecord] = {}
+        for p in plan(config):
+            records[p.stage.name] = _run_stage(p, config, records, console, progress)
+        run = PipelineRun(config, out, records, sweep=list(sweep or []))
+        if report:
+            run.report = _report(run, console)
+            _link(out / "report", run.report)
+        run.seconds = time.perf_counter() - t0
+        _write_run(run)
     return run
 
 
@@ -279,12 +304,15 @@ def run_sweep(config: PipelineConfig, *, console: Console | None = None, progres
 
     console = console or Console(stderr=True)
     points = []
-    for label, variant, eta, filtered in sweep_variants(config):
-        console.rule(f"[bold magenta]sweep variant {label}[/]")
-        run = run_pipeline(variant, console=console, progress=progress, report=False)
-        tuned = run.records["eval-tuned"]
-        general = tuned.dir / tuned.outputs["general"] if "general" in tuned.outputs else None
-        points.append(SweepPoint(label=label, eta=eta, filtered=filtered, agent=tuned.dir / tuned.outputs["results"],
-                                 general=general))  # fmt: skip
-    console.rule("[bold magenta]main run + report[/]")
-    return run_pipeline(config, console=console, progress=progress, report=True, sweep=points)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):  # for the whole sweep, not per variant: no other run slips in between
+        for label, variant, eta, filtered in sweep_variants(config):
+            console.rule(f"[bold magenta]sweep variant {label}[/]")
+            run = run_pipeline(variant, console=console, progress=progress, report=False)
+            tuned = run.records["eval-tuned"]
+            general = tuned.dir / tuned.outputs["general"] if "general" in tuned.outputs else None
+            points.append(SweepPoint(label=label, eta=eta, filtered=filtered,
+                                     agent=tuned.dir / tuned.outputs["results"], general=general))  # fmt: skip
+        console.rule("[bold magenta]main run + report[/]")
+        return run_pipeline(config, console=console, progress=progress, report=True, sweep=points)

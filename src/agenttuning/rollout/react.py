@@ -7,6 +7,10 @@ around the markers (``**Action:**``), a missing ``Thought:`` label (the text bef
 and a reply that runs on to invent the environment's answer (text from a following ``Observation:`` is cut).
 A reply with no ``Action:`` or an empty action raises :class:`ParseError`; the engine turns that into the
 environment's invalid-action feedback.
+
+Replies are adversarial data, so parsing takes linear time on any input: a marker counts only at the start of a
+line, after nothing but markdown marks and whitespace, and that condition is checked once per candidate, never by a
+pattern that rescans the marks from every line start (which was quadratic on many lines of ``*``).
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from dataclasses import dataclass
 from agenttuning.schema import Step, Task, Trajectory, Turn
 
 _MARK = r"[*_#\s]*"
-_ACTION = re.compile(rf"^{_MARK}action{_MARK}:{_MARK}", re.IGNORECASE | re.MULTILINE)
-_THOUGHT = re.compile(rf"^{_MARK}thought{_MARK}:[*_\s]*", re.IGNORECASE)
+_MARKS_ONLY = re.compile(_MARK)
+# candidates: a keyword and its colon; whether it starts a line is checked separately (:func:`_at_line_start`)
+_ACTION = re.compile(rf"action{_MARK}:", re.IGNORECASE)
+_THOUGHT = re.compile(rf"{_MARK}thought{_MARK}:[*_\s]*", re.IGNORECASE)
 # a model that keeps going and writes the environment's reply itself
-_RUN_ON = re.compile(rf"^{_MARK}(observation|thought){_MARK}:", re.IGNORECASE | re.MULTILINE)
+_RUN_ON = re.compile(rf"(?:observation|thought){_MARK}:", re.IGNORECASE)
 
 
 class ParseError(ValueError):
@@ -33,6 +39,33 @@ class Parsed:
     action: str
 
 
+def _at_line_start(pattern: re.Pattern[str], text: str) -> tuple[int, int] | None:
+    """``(start, end)`` of the first ``pattern`` match that only marks and whitespace precede on its line.
+
+    ``start`` is where the marks before it begin: the earliest line start from which nothing but marks (newlines
+    included) leads to the match, as ``^[*_#\\s]*`` under MULTILINE would find it. Linear time: each candidate looks
+    only at the text since the previous one (an earlier candidate on the same line disqualifies it at once), and the
+    backward walk over the marks runs once, for the winner.
+    """
+    prev_end = 0
+    for m in pattern.finditer(text):
+        p = m.start()
+        nl = text.rfind("\n", prev_end, p)
+        if nl < 0 and prev_end > 0:
+            prev_end = m.end()  # same line as an earlier candidate, whose letters are not marks
+            continue
+        line_start = nl + 1  # 0 when no newline precedes p at all
+        prev_end = m.end()
+        if _MARKS_ONLY.match(text, line_start, p).end() != p:
+            continue
+        # walk back over mark-only lines above: the match starts at the first line start of that run of marks
+        before = text[line_start - 1 :: -1] if line_start else ""
+        q = line_start - _MARKS_ONLY.match(before).end()
+        start = 0 if q == 0 else text.index("\n", q) + 1
+        return start, m.end()
+    return None
+
+
 def parse_reply(text: str) -> Parsed:
     """Split a reply into thought and action.
 
@@ -41,14 +74,17 @@ def parse_reply(text: str) -> Parsed:
     >>> parse_reply("I should answer.\\n**Action:** Answer\\nObservation: made up")
     Parsed(thought='I should answer.', action='Answer')
     """
-    m = _ACTION.search(text)
-    if m is None:
+    found = _at_line_start(_ACTION, text)
+    if found is None:
         raise ParseError("no 'Action:' found in the reply")
-    thought = _THOUGHT.sub("", text[: m.start()].strip(), count=1).strip()
-    action = text[m.end() :]
-    run_on = _RUN_ON.search(action)
+    start, end = found
+    head = text[:start].strip()
+    m = _THOUGHT.match(head)
+    thought = (head[m.end() :] if m else head).strip()
+    action = text[_MARKS_ONLY.match(text, end).end() :]
+    run_on = _at_line_start(_RUN_ON, action)
     if run_on is not None:
-        action = action[: run_on.start()]
+        action = action[: run_on[0]]
     action = action.strip()
     if not action:
         raise ParseError("the 'Action:' is empty")

@@ -30,6 +30,8 @@ def render_trajectory(traj: Trajectory, *, max_chars: int = 1500, show_context: 
             if s.thought:
                 parts.append(Text("Thought ", style="bold yellow") + Text(_clip(s.thought, max_chars), "yellow"))
             parts.append(Text("Action ", style="bold magenta") + Text(_clip(s.action, max_chars), "magenta"))
+        if s.reply_note:
+            parts.append(Text(f"(reply {s.reply_note})", style="dim red"))
         flags = [f for f, on in (("terminated", s.terminated), ("truncated", s.truncated)) if on]
         tail = f"  (reward {s.reward:g}{', ' + ', '.join(flags) if flags else ''})"
         parts.append(Text("Observation ", style="bold blue") + Text(_clip(s.observation, max_chars)) + Text(tail, "dim"))

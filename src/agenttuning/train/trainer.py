@@ -27,6 +27,7 @@ At the end the model is saved as a plain Hugging Face folder (:func:`agenttuning
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -39,6 +40,7 @@ from typing import Any
 import torch
 import yaml
 
+from agenttuning.jsonl import locked
 from agenttuning.train.batches import BatchPlanner, MicroBatch, TreeRow, collate, eval_micro_batches
 from agenttuning.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_only_hook
 from agenttuning.train.config import ConfigError, TrainConfig, save_config
@@ -304,7 +306,12 @@ def train(config: TrainConfig, *, callbacks: Sequence[Callable[[StepEvent], None
     """
     accelerator = make_accelerator(config)
     try:
-        return _train(accelerator, config, callbacks)
+        with contextlib.ExitStack() as held:
+            if accelerator.is_main_process:
+                # a second trainer on the same folder would delete this run's metrics and overwrite its checkpoints:
+                # it gets a clear LockedError instead (the kernel drops the lock even when this process is killed)
+                held.enter_context(locked(Path(config.output_dir) / ".lock", "this training run"))
+            return _train(accelerator, config, callbacks)
     finally:
         _release_accelerate_state(accelerator)
 
