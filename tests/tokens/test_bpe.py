@@ -29,7 +29,7 @@ from agenttuning.tokens.bpe import (
     train_bpe_tokenizer,
 )
 from agenttuning.tokens.masks import IGNORE_INDEX, render
-from agenttuning.tokens.templates import TEMPLATES, from_jinja
+from agenttuning.tokens.templates import TEMPLATES, RenderedTemplate, from_jinja
 from tests.tokens.conversations import (
     SPECIAL_SPELLINGS,
     agent_conversations,
@@ -198,8 +198,9 @@ def test_every_loading_path_gives_the_same_tokenizer(tok_dir, tok):
 def test_chat_template_is_the_shipped_chatml_and_prefix_preserving(tok):
     from agenttuning.schema import to_openai_messages
 
-    derived = from_jinja(tok)  # the project's check: refuses templates that are not prefix-preserving or trim
+    derived = from_jinja(tok)  # the project's check: refuses templates that are not prefix-preserving
     chatml = TEMPLATES["chatml"]
+    assert not isinstance(derived, RenderedTemplate)  # structured: contents verbatim, markup by role
     assert derived.generation_prompt == ("<|im_start|>assistant\n",)
     for turns in conversations(60, seed=5, free_order=0.5):
         text = tok.apply_chat_template(to_openai_messages(turns), tokenize=False)

@@ -20,6 +20,7 @@ from agenttuning.tokens.templates import (
     LLAMA2_DEFAULT_SYSTEM_PROMPT,
     TEMPLATES,
     ChatTemplate,
+    RenderedTemplate,
     from_jinja,
     get_template,
     template_names,
@@ -214,20 +215,39 @@ DEFERS_SYSTEM = (  # Llama-2 hub style: the system message is only rendered insi
 SIMPLE = "{%- for m in messages -%}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{%- endfor -%}"
 
 
+NO_REPLIES = "{%- for m in messages -%}{%- if m['role'] != 'assistant' -%}<{{ m['role'] }}>{{ m['content'] }}{%- endif -%}{%- endfor -%}"
+
+
 @pytest.mark.parametrize(
     ("source", "message"),
     [
         (NOT_PREFIX_PRESERVING, "not prefix-preserving"),
         (TEKKEN_CHAT_TEMPLATE, "not prefix-preserving"),  # mistral-common's system placement: before the last user
-        (TRIMS, "changes message contents"),
-        (COUNTS_TURNS, "depends on more than the previous turn's role"),
-        (DEFERS_SYSTEM, "does not render each turn's content"),
+        (NO_REPLIES, "renders no assistant reply after a user turn"),
     ],
-    ids=["last-turn-marker", "mistral-system-last", "trim", "turn-numbers", "deferred-system"],
+    ids=["last-turn-marker", "mistral-system-last", "no-replies"],
 )
 def test_jinja_templates_that_cannot_be_exact_are_refused(llama3, source, message):
     with pytest.raises(ValueError, match=message):
         from_jinja(llama3, source)
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        (TRIMS, "rewrites message contents"),
+        (COUNTS_TURNS, "depends on more than the previous turn's role"),
+        (DEFERS_SYSTEM, "does not render each turn's content"),
+    ],
+    ids=["trim", "turn-numbers", "deferred-system"],
+)
+def test_prefix_preserving_jinja_templates_that_are_not_structured_are_used_as_they_are(llama3, source, reason):
+    """Formerly refused: now rendered by Jinja turn by turn (exactness: tests/tokens/test_rendered_templates.py)."""
+    t = from_jinja(llama3, source)
+    assert isinstance(t, RenderedTemplate) and reason in t.description
+    turns = [s(" sys "), u(" a "), a("\n b \n"), u("c")]
+    messages = [{"role": x.role, "content": x.content} for x in turns]
+    assert t.render_text(turns) == llama3.apply_chat_template(messages, chat_template=source, tokenize=False)
 
 
 def test_jinja_template_without_system_support_and_the_tekken_default(llama3, tekken):

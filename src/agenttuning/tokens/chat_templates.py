@@ -1,11 +1,13 @@
 """Chat templates (Jinja, as Hugging Face tokenizers carry them) for the offline tokenizers in :mod:`.offline`.
 
-Both render message contents verbatim (no ``| trim``, unlike Meta's published Llama 3 template) so that a trajectory
-and its training tokens stay byte-identical, and both are *prefix-preserving*: rendering the first ``k`` turns gives a
-prefix of rendering all of them, which is what lets a loss mask be cut per turn (habit 5 of ARCHITECTURE.md).
-
-Assistant turns are wrapped in ``{% generation %}`` blocks, so ``apply_chat_template(...,
+The offline tokenizers' templates render message contents verbatim (no ``| trim``) so that a trajectory and its
+training tokens stay byte-identical, and the Llama 3 one is *prefix-preserving*: rendering the first ``k`` turns gives
+a prefix of rendering all of them, which is what lets a loss mask be cut per turn (habit 5 of ARCHITECTURE.md).
+Their assistant turns are wrapped in ``{% generation %}`` blocks, so ``apply_chat_template(...,
 return_assistant_tokens_mask=True)`` marks the assistant tokens (content and end-of-turn token).
+
+:data:`META_LLAMA3_CHAT_TEMPLATE` is Meta's published Llama 3 template as it is (it trims contents): what users of
+Llama 3 Instruct checkpoints have, and what the masks are tested against.
 """
 
 from __future__ import annotations
@@ -26,6 +28,17 @@ LLAMA3_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}"
     "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}"
     "{%- endif -%}"
+)
+
+#: Meta's official Llama 3 Instruct template, as published with ``Meta-Llama-3-8B-Instruct`` (``tokenizer_config.json``)
+#: and as TRL ships it (``trl/chat_templates/llama3.jinja``): the same markup as :data:`LLAMA3_CHAT_TEMPLATE`, but every
+#: message's content is ``| trim``-med (Python's ``str.strip``). It rewrites contents, so the model's own template is
+#: used as it is (:class:`~.templates.RenderedTemplate`): the trained tokens are the trimmed reply as rendered.
+META_LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )
 
 #: Mistral instruct v3 (as ``mistral-common`` encodes it): ``<s>[INST]{user}[/INST]{assistant}</s>[INST]...``.

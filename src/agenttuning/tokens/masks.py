@@ -13,7 +13,11 @@ How text becomes tokens, exactly:
 
 1. The template (:mod:`.templates`) gives each turn ``before + content + after``. Its markup is split into control
    tokens (inserted by id: declared :class:`~.templates.Special` parts, and any added token the markup text
-   spells, as the tokenizer would read it in the rendered text) and text.
+   spells, as the tokenizer would read it in the rendered text) and text. A model's own Jinja template that
+   rewrites contents (Meta's Llama 3 template ``| trim``-s them) is used as it is
+   (:class:`~.templates.RenderedTemplate`): the conversation is rendered turn by turn, and ``content`` is the
+   content *as the template renders it*, so a trained reply is exactly what the template renders for it (trimmed)
+   plus its end-of-turn markup.
 2. The text between two control tokens (markup text and contents run together) is one *chunk*. Every chunk of a
    batch is tokenised in one ``tokenizers.Tokenizer.encode_batch`` call (Rust, all cores), with special-token
    recognition off: **content that spells a special token (``<|eot_id|>``, ``[INST]``) is text**, never that
@@ -41,7 +45,8 @@ rendering the first ``i + 1`` turns wherever turn ``i`` ends with a control toke
 span both (``llama2-chat``'s ``\n<</SYS>>\n\n`` + a user message starting with ``\n``; ChatML on a vocabulary
 without its tokens); by the rule above it counts in the turn where it starts. The shipped templates are
 prefix-preserving by construction, and a Jinja template is checked by rendering (:func:`~.templates.from_jinja`
-refuses one that is not).
+refuses one that is not; a :class:`~.templates.RenderedTemplate` checks every conversation it renders, and says where
+the renderings differ).
 
 Example::
 
@@ -62,11 +67,11 @@ import re
 import threading
 import weakref
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agenttuning.tokens.templates import ChatTemplate, Markup, Special, get_template
+from agenttuning.tokens.templates import ChatTemplate, Markup, RenderedTemplate, Special, get_template
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -226,14 +231,51 @@ class _Vocab:
         return [self.ids[p] if i % 2 else p for i, p in enumerate(self.splitter.split(text)) if p]
 
 
+Parts = tuple["str | int", ...]
+
+
 class _Bound:
     """A template resolved for one tokenizer: markup as merged text parts and control ids."""
 
     def __init__(self, template: ChatTemplate, vocab: _Vocab) -> None:
         self.template = template
         self.vocab = vocab
+        self.rendered = isinstance(template, RenderedTemplate)
         self.before = {k: self._resolve(m) for k, m in template.before.items()}
         self.after = {k: self._resolve(m) for k, m in template.after.items()}
+        self._split: dict[str, Parts] = {}  # rendered markup text -> parts (headers repeat across conversations)
+
+    def layout(self, turns: Sequence[Turn]) -> Iterator[tuple[Parts, str, Parts]]:
+        """Per turn: markup before its content, the content as rendered, markup after it."""
+        if self.rendered:
+            yield from self._rendered_layout(turns)
+            return
+        before_table, after_table = self.before, self.after
+        prev: str | None = None
+        for i, turn in enumerate(turns):
+            role = turn.role
+            before = before_table.get((prev, role))
+            after = after_table.get(role)
+            if before is None or after is None:
+                list(self.template.turn_markup(turns[: i + 1]))  # raises the ValueError that explains it
+                raise ValueError(f"turn {i}: role {role!r} not renderable")  # pragma: no cover - turn_markup raised
+            yield before, turn.content, after
+            prev = role
+
+    def _rendered_layout(self, turns: Sequence[Turn]) -> Iterator[tuple[Parts, str, Parts]]:
+        # The Jinja template rendered this conversation: its markup is read as the tokenizer reads rendered text
+        # (every added token it spells is that control token), its contents as text, like a structured template's.
+        split = self._split
+        for before, content, after in self.template.segments(turns):
+            parts = []
+            for text in (before, after):
+                found = split.get(text)
+                if found is None:
+                    found = self._resolve((text,))
+                    if len(text) <= 256 and len(split) < 4096:  # headers; not markup carrying a deferred content
+                        split[text] = found
+                parts.append(found)
+            yield parts[0], content, parts[1]
 
     def _resolve(self, markup: Markup) -> tuple[str | int, ...]:
         parts: list[str | int] = []
@@ -325,23 +367,15 @@ def _plan(turns: Sequence[Turn], bound: _Bound, chunks: dict[str, int]) -> list[
         buf.append(s)
         pos += len(s)
 
-    before_table, after_table = bound.before, bound.after
-    prev: str | None = None
-    for i, turn in enumerate(turns):
-        role = turn.role
-        before = before_table.get((prev, role))
-        after = after_table.get(role)
-        if before is None or after is None:
-            list(bound.template.turn_markup(turns[: i + 1]))  # raises the ValueError that explains it
-            raise ValueError(f"turn {i}: role {role!r} not renderable")  # pragma: no cover - turn_markup raised
-        trained = role == "assistant" and turn.loss is True
+    for i, (turn, (before, content, after)) in enumerate(zip(turns, bound.layout(turns), strict=True)):
+        trained = turn.role == "assistant" and turn.loss is True
         for p in before:
             if isinstance(p, str):
                 text(p, False)
             else:
                 flush()
                 ops.append((_IDS, p, False))
-        text(turn.content, trained)
+        text(content, trained)
         for p in after:
             if isinstance(p, str):
                 text(p, trained)
@@ -352,7 +386,6 @@ def _plan(turns: Sequence[Turn], bound: _Bound, chunks: dict[str, int]) -> list[
             marks.append((i, pos))
         else:
             ops.append((_END, i))
-        prev = role
     flush()
     return ops
 
