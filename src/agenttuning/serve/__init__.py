@@ -14,8 +14,11 @@ rollouts, lm-eval harnesses, other agent frameworks -- use it unchanged.
   HFPolicy), so a stream has the role chunk, one content chunk, the finish chunk (and the usage chunk with
   ``stream_options.include_usage``).
 - ``GET /v1/models`` lists the served name; ``GET /v1/stats`` the backend's batching counters; ``GET /health``.
-- Errors: OpenAI's ``{"error": {...}}`` bodies; 400 for invalid or unsupported requests (validation included),
-  404 for another model name or route, 500 when generation fails.
+- Errors: OpenAI's ``{"error": {...}}`` bodies; 400 for invalid or unsupported requests (every field's range is
+  validated: a user's mistake is never a 500), 404 for another model name or route, 413 for a body over
+  ``max_body_bytes`` (4 MiB; refused before it is read), 400 ``context_length_exceeded`` for a prompt over
+  ``max_prompt_chars`` (checked before tokenising) or over the model's context (after), 500 when generation fails.
+  Tokenising runs off the event loop, so ``/health`` answers while a long prompt is encoded.
 
 Backends (:mod:`agenttuning.serve.backends`): the Hugging Face one reuses HFPolicy's batcher (concurrent requests
 share ``generate`` calls); when ``vllm`` is importable and the model is given by name/path, ``vllm.AsyncLLMEngine``

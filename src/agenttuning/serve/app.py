@@ -3,11 +3,17 @@
 Routes: ``POST /v1/chat/completions`` (``stream`` too), ``GET /v1/models``, ``GET /v1/stats`` (batching counters
 and request counts), ``GET /health``. Every error, including FastAPI's validation errors (mapped from 422 to 400
 as OpenAI answers them) and unknown routes, comes back as OpenAI's ``{"error": {message, type, param, code}}``.
+
+Sizes are bounded before work is done in proportion to them: the request body (``max_body_bytes``, 413; see
+:mod:`agenttuning.serve.limits`), the prompt's characters before it is tokenised (``max_prompt_chars``, 400) and its
+tokens after (``max_context_tokens``, 400 ``context_length_exceeded``). Tokenising runs off the event loop (see
+:mod:`agenttuning.serve.backends`), so ``/health`` and other requests are answered while a long prompt is encoded.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agenttuning.serve.backends import HFBackend, Sampling, VLLMBackend, vllm_available
+from agenttuning.serve.limits import BodyLimit
 from agenttuning.serve.protocol import (
     APIError,
     ChatCompletionRequest,
@@ -37,6 +44,12 @@ __all__ = ["create_app", "serve"]
 
 Backend = Literal["auto", "hf", "vllm"]
 
+#: the default request body limit: a 128k-token prompt is well under 1 MB of JSON
+MAX_BODY_BYTES = 4 << 20
+#: the default prompt limit in characters is this many per token of the model's context: text averages about 4
+#: characters per token, so only prompts far too long for the context are refused before being tokenised
+CHARS_PER_TOKEN_BOUND = 16
+
 
 def create_app(
     model: str | PreTrainedModel,
@@ -56,6 +69,8 @@ def create_app(
     vllm_options: dict[str, Any] | None = None,
     kv_reuse: bool = True,
     kv_cache_bytes: int | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_prompt_chars: int | None = None,
 ) -> FastAPI:
     """An OpenAI-compatible app serving ``model``; the model is loaded here, before the app is returned.
 
@@ -82,7 +97,15 @@ def create_app(
         vllm_options: extra ``vllm.AsyncEngineArgs`` (e.g. ``{"tensor_parallel_size": 2}``).
         kv_reuse, kv_cache_bytes: hf backend: start each prompt from the longest stored KV prefix, within this byte
             budget (see :mod:`agenttuning.policies.hf`); vLLM has its own prefix caching.
+        max_body_bytes: the largest request body; a larger one gets 413 without being read.
+        max_prompt_chars: the most characters of message content a request may hold (400
+            ``context_length_exceeded`` before tokenising); default ``CHARS_PER_TOKEN_BOUND`` per token of the
+            context, or ``max_body_bytes`` when the context is unknown.
     """
+    if max_body_bytes < 1:
+        raise ValueError("max_body_bytes must be >= 1")
+    if max_prompt_chars is not None and max_prompt_chars < 1:
+        raise ValueError("max_prompt_chars must be >= 1")
     if backend == "auto":
         backend = "vllm" if isinstance(model, str) and vllm_available() else "hf"
     engine: HFBackend | VLLMBackend
@@ -102,6 +125,9 @@ def create_app(
         raise ValueError(f"unknown backend {backend!r}: use auto, hf or vllm")
     name = served_name or (model if isinstance(model, str) else getattr(model, "name_or_path", "")) or "local-model"
     counters = {"completions": 0, "streams": 0, "errors": 0}
+    context = engine.max_context_tokens
+    if max_prompt_chars is None:
+        max_prompt_chars = CHARS_PER_TOKEN_BOUND * context if context else max_body_bytes
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -112,7 +138,13 @@ def create_app(
     app.state.backend = engine
     app.state.served_name = name
     app.state.counters = counters
+    app.state.limits = {"max_body_bytes": max_body_bytes, "max_prompt_chars": max_prompt_chars}
     _install_error_handlers(app, counters)
+
+    def rejected() -> None:  # a 413 sent by the middleware, before the app's error handlers
+        counters["errors"] += 1
+
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, on_reject=rejected)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -143,7 +175,14 @@ def create_app(
             seed=req.seed,
             stop=req.stop_sequences(),
         )
-        completion = apply_stop(await engine.complete(to_turns(req.messages), sampling), sampling.stop)
+        turns = to_turns(req.messages)
+        chars = sum(len(t.content) for t in turns)
+        if chars > max_prompt_chars:  # refused before tokenising: that work grows with the text, not the tokens
+            raise APIError(
+                400, f"the messages hold {chars:,} characters, over this server's limit of {max_prompt_chars:,} "
+                f"(agenttuning serve --max-prompt-chars)", param="messages", code="context_length_exceeded",
+            )  # fmt: skip
+        completion = apply_stop(await engine.complete(turns, sampling), sampling.stop)
         counters["completions"] += 1
         if req.stream:
             counters["streams"] += 1
@@ -156,6 +195,12 @@ def create_app(
         return completion_body(completion, model=name)
 
     return app
+
+
+_MAX_PROBLEMS = 5
+#: the names pydantic gives the members of a union in an error's location ("stop.list[constrained-str]"): not
+#: fields, so left out of the message
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|constrained-\w+|function-\w+\[.*\]|\w+\[.*\])$")
 
 
 def _install_error_handlers(app: FastAPI, counters: dict[str, int]) -> None:
@@ -172,10 +217,13 @@ def _install_error_handlers(app: FastAPI, counters: dict[str, int]) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         problems, param = [], None
-        for err in e.errors():
-            loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        errors = e.errors()
+        for err in errors[:_MAX_PROBLEMS]:  # a request can hold thousands of invalid items: name the first few
+            loc = [str(p) for p in err.get("loc", ()) if p != "body" and not _UNION_TAG.match(str(p))]
             param = param or (loc[0] if loc else None)
             problems.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
+        if len(errors) > _MAX_PROBLEMS:
+            problems.append(f"and {len(errors) - _MAX_PROBLEMS} more")
         return respond(400, error_body(400, "invalid request: " + "; ".join(problems), param=param))
 
     @app.exception_handler(StarletteHTTPException)
@@ -183,7 +231,7 @@ def _install_error_handlers(app: FastAPI, counters: dict[str, int]) -> None:
         message = e.detail if isinstance(e.detail, str) else str(e.detail)
         if e.status_code == 404:
             message = f"no route {request.method} {request.url.path}"
-        return respond(e.status_code, error_body(e.status_code, message))
+        return respond(e.status_code, error_body(e.status_code, message, code=getattr(e, "code", None)))
 
     @app.exception_handler(Exception)
     async def crash(request: Request, e: Exception) -> JSONResponse:

@@ -30,6 +30,10 @@ generator and stop strings carried by each queued request, with ``generate_batch
 ``max_new_tokens``, a per-row Gumbel sampler and a ``StoppingCriteria`` per row, then cutting each row at its own
 limit. Mixed-setting requests could then share batches.
 
+CPU work stays off the event loop (a 10 MB prompt tokenised on it once blocked ``/health`` for 27 s): both backends
+render and tokenise prompts in a small thread pool of their own, :class:`HFBackend` hands the ids to its policy's
+batcher as they are (no second encoding on the loop), and decodes replies in the policy's generation thread.
+
 ``VLLMBackend`` (used when ``vllm`` is importable and the model is given by name/path; untested here, vllm is a
 GPU-only dependency) renders the same chat template with the Hugging Face tokenizer, hands the token ids to
 ``vllm.AsyncLLMEngine`` with the request's ``SamplingParams`` (vLLM batches continuously and applies stop strings
@@ -42,13 +46,15 @@ import asyncio
 import logging
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from agenttuning.policies.base import PolicyError
-from agenttuning.policies.hf import HFPolicy
-from agenttuning.schema import Task, Turn, to_openai_messages
+from agenttuning.policies.base import PolicyError, Reply
+from agenttuning.policies.hf import HFPolicy, _Request
+from agenttuning.schema import Turn, to_openai_messages
 from agenttuning.serve.protocol import APIError, Completion
 
 if TYPE_CHECKING:
@@ -58,8 +64,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["HFBackend", "Sampling", "VLLMBackend", "vllm_available"]
 
-_TASK = Task(id="serve", env="serve", split="test", instruction="an HTTP request")  # HFPolicy.act wants a task
 _STAT_KEYS = ("batches", "requests", "max_batch", "failed_batches", "prompt_tokens", "cached_tokens")
+#: threads rendering and tokenising prompts: a few, so one long prompt does not hold up every other request, yet
+#: bounded, so a burst of requests cannot take the cores from generation
+_ENCODE_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,19 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+class _OffLoop:
+    """A small thread pool for a backend's CPU work (rendering, tokenising), awaited from the event loop."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=_ENCODE_THREADS, thread_name_prefix="serve-encode")
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Hugging Face (HFPolicy)
 
@@ -94,10 +115,39 @@ class _Text(str):
     finish_reason: str
 
 
+class _Decoded(list):
+    """A completion's token ids together with their text, decoded in the generation thread."""
+
+    text: _Text
+
+
 class _ServePolicy(HFPolicy):
-    """HFPolicy whose decoded text carries its finish reason (``Reply.text`` stays a ``str``)."""
+    """HFPolicy for the server: it takes prompts already encoded (off the loop, by the backend), decodes in its
+    generation thread rather than in the batcher on the loop, and its text carries its finish reason (``Reply.text``
+    stays a ``str``)."""
+
+    async def act_ids(self, ids: list[int]) -> Reply:
+        """:meth:`HFPolicy.act` for a prompt already encoded: queue it for the next batch and wait for the reply."""
+        if self._closed:
+            raise PolicyError(f"{self.name} is closed")
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._ensure_batcher().put_nowait(_Request(ids, future))
+        return await future
+
+    def _run_batch(self, prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+        completions, cached = super()._run_batch(prompts)
+        decoded = []
+        for c in completions:
+            row = _Decoded(c)
+            row.text = self._decode_text(c)
+            decoded.append(row)
+        return decoded, cached
 
     def decode(self, completion: list[int]) -> str:
+        text = getattr(completion, "text", None)  # the batcher calls this on the loop: mostly already done
+        return text if text is not None else self._decode_text(completion)
+
+    def _decode_text(self, completion: list[int]) -> _Text:
         text = _Text(super().decode(completion))
         text.finish_reason = "stop" if completion and completion[-1] in self.stop_token_ids else "length"
         return text
@@ -134,15 +184,20 @@ class HFBackend:
         self.max_context_tokens = base.max_context_tokens
         self.max_policies = max(1, max_policies)
         self._policies: OrderedDict[tuple, _ServePolicy] = OrderedDict({(0.0, 1.0, max_new_tokens_default): base})
+        # renders every prompt (all policies share the tokenizer); held apart from the LRU, which the loop changes
+        # while encode runs in a worker thread. Rendering needs only the tokenizer, so it outlives eviction.
+        self._renderer = base
         self._inflight: dict[tuple, int] = {}
         self._retired = dict.fromkeys(_STAT_KEYS, 0)  # counters of policies already closed
+        self._encoder = _OffLoop()
         self._closed = False
 
     def encode(self, turns: list[Turn]) -> list[int]:
-        """The prompt ids (HFPolicy's rendering); 400 when the template rejects it or it fills the context."""
-        policy = next(iter(self._policies.values()))
+        """The prompt ids (HFPolicy's rendering); 400 when the template rejects it or it fills the context.
+
+        CPU work in proportion to the prompt: :meth:`complete` runs it off the event loop."""
         try:
-            ids = policy.encode(turns)
+            ids = self._renderer.encode(turns)
         except Exception as e:  # e.g. a template that rejects the role order
             raise APIError(400, f"the chat template cannot render these messages: {e}", param="messages") from e
         if self.max_context_tokens is not None and len(ids) >= self.max_context_tokens:
@@ -159,7 +214,8 @@ class HFBackend:
         """Generate one reply; :class:`APIError` 400 for a bad prompt, 500 when generation fails."""
         if self._closed:
             raise APIError(503, "the server is shutting down", type="server_error")
-        self.encode(turns)  # a bad prompt is the client's error (400), not a generation failure
+        # a bad prompt is the client's error (400), not a generation failure
+        ids: list[int] = await self._encoder.run(self.encode, turns)
         if sampling.greedy:
             key: tuple = (0.0, 1.0, sampling.max_tokens)
         else:
@@ -168,7 +224,7 @@ class HFBackend:
         policy = self._new_policy(key, seed=sampling.seed) if one_shot else self._policy(key)
         self._inflight[key] = self._inflight.get(key, 0) + 1
         try:
-            reply = await policy.act(turns, task=_TASK)
+            reply = await policy.act_ids(ids)
         except PolicyError as e:
             raise APIError(500, str(e), type="server_error") from e
         finally:
@@ -195,6 +251,7 @@ class HFBackend:
 
     async def aclose(self) -> None:
         self._closed = True
+        self._encoder.close()
         policies, self._policies = list(self._policies.values()), OrderedDict()
         for policy in policies:
             await self._retire(policy)
@@ -277,6 +334,7 @@ class VLLMBackend:
             log.debug("no end-of-turn token found: %r", e)
         self.stop_token_ids = [t for t in dict.fromkeys(stops) if isinstance(t, int)]
         self._stats = {"requests": 0, "failed_requests": 0}
+        self._encoder = _OffLoop()
 
     def encode(self, turns: list[Turn]) -> list[int]:
         try:
@@ -296,7 +354,7 @@ class VLLMBackend:
     async def complete(self, turns: list[Turn], sampling: Sampling) -> Completion:
         from vllm import SamplingParams
 
-        ids = self.encode(turns)
+        ids: list[int] = await self._encoder.run(self.encode, turns)
         max_tokens = sampling.max_tokens
         if self.max_context_tokens is not None:
             max_tokens = max(1, min(max_tokens, self.max_context_tokens - len(ids)))
@@ -334,6 +392,7 @@ class VLLMBackend:
         return dict(self._stats)
 
     async def aclose(self) -> None:
+        self._encoder.close()
         for name in ("shutdown", "shutdown_background_loop"):
             stop = getattr(self.engine, name, None)
             if callable(stop):

@@ -5,18 +5,25 @@ follows OpenAI's ``POST /v1/chat/completions`` body: fields we implement are typ
 honour (``n > 1``, ``logprobs``, tools, JSON mode, penalties, ``logit_bias``) are typed too, so that
 :func:`unsupported` can refuse them with a clear 400 instead of silently ignoring them; anything else a client sends
 (``user``, ``metadata``, ``store`` ...) is accepted and ignored, as OpenAI-compatible servers do.
+
+Every field's range is checked here, so that any user mistake is a 400 with OpenAI's error body and a 500 always
+means a bug: numbers within what the backends accept (``seed`` an unsigned 64-bit value, as
+``torch.Generator.manual_seed`` takes; no NaN or infinity), bounded list and string sizes (``stop``, ``messages``,
+``logit_bias``), and text that is valid Unicode (a lone UTF-16 surrogate, which JSON's ``"\\ud800"`` escape can
+carry, cannot be tokenised or encoded back to UTF-8).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agenttuning.schema import Turn
 
@@ -48,11 +55,42 @@ class APIError(Exception):
 def error_body(status: int, message: str, *, type: str | None = None, param: str | None = None, code: Any = None):
     """The JSON body OpenAI sends with an error status (the SDK reads ``error.message``)."""
     kind = type or ("invalid_request_error" if status < 500 else "server_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    # messages and params may quote the request (a dict key, an exception's text): a lone surrogate there would make
+    # the response itself unencodable (a 500 while reporting a 400), so such characters are written as escapes
+    return {"error": {"message": _printable(message), "type": kind, "param": _printable(param), "code": code}}
+
+
+def _printable(text: str | None) -> str | None:
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Requests
+
+
+#: most ``seed`` a backend takes: ``torch.Generator.manual_seed`` (and vLLM's per-request generator) wants an
+#: unsigned 64-bit value; negative seeds are refused rather than silently wrapped around
+SEED_MAX = 2**64 - 1
+#: a bound on ``max_tokens`` for when the model's context is unknown (otherwise it is capped to the context)
+MAX_TOKENS_MAX = 2**31 - 1
+MAX_MESSAGES = 10_000
+MAX_STOPS = 16  # OpenAI takes 4; vLLM any number. Each one is searched for in every reply.
+MAX_STOP_CHARS = 1_000
+MAX_NAME_CHARS = 1_000  # the model name and a message's name (echoed back in errors)
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _valid_text(text: str | None) -> str | None:
+    """``text`` unchanged, or a ValueError when it holds a lone surrogate (not Unicode text; cannot be tokenised)."""
+    if text is not None:
+        bad = _SURROGATE.search(text)
+        if bad is not None:
+            raise ValueError(
+                f"character {bad.start()} is a lone UTF-16 surrogate (U+{ord(bad.group()):04X}), which is not valid "
+                "Unicode text: send UTF-8 text"
+            )
+    return text
 
 
 class TextPart(BaseModel):
@@ -60,6 +98,11 @@ class TextPart(BaseModel):
 
     type: Literal["text"]
     text: str
+
+    @field_validator("text")
+    @classmethod
+    def _text_is_text(cls, v: str) -> str:
+        return _valid_text(v)
 
 
 class ChatMessage(BaseModel):
@@ -69,40 +112,63 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+
+    @field_validator("content", "name")
+    @classmethod
+    def _content_is_text(cls, v: str | list[TextPart] | None) -> str | list[TextPart] | None:
+        return _valid_text(v) if isinstance(v, str) else v
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+Stop = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]  # OpenAI's range (NaN and infinities fail it too)
+TokenId = Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]
+Bias = Annotated[float, Field(ge=-100, le=100)]
+
+
 class ChatCompletionRequest(BaseModel):
-    """The request body. ``None`` means "the server's default" (see :func:`agenttuning.serve.create_app`)."""
+    """The request body. ``None`` means "the server's default" (see :func:`agenttuning.serve.create_app`).
+
+    Ranges follow OpenAI's API where it states them (temperature, top_p, penalties, logit_bias, top_logprobs) and
+    what the backends can take elsewhere (seed, max_tokens); fields we cannot honour are still range-checked, so a
+    malformed value is named as such rather than called "not supported".
+    """
 
     model_config = ConfigDict(extra="allow")
 
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
+    model: str = Field(max_length=MAX_NAME_CHARS)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_MAX)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_MAX)
+    stop: Stop | Annotated[list[Stop], Field(max_length=MAX_STOPS)] | None = None
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    n: int | None = Field(default=None, ge=1, le=128)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     # refused unless left at their defaults (see unsupported())
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[Any] | None = None
     tool_choice: Any = None
     functions: list[Any] | None = None
     function_call: Any = None
     response_format: dict[str, Any] | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[TokenId, Bias] | None = Field(default=None, max_length=1024)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_is_text(cls, v: str | list[str] | None) -> str | list[str] | None:
+        for s in [v] if isinstance(v, str) else v or []:
+            _valid_text(s)
+        return v
 
     def stop_sequences(self) -> tuple[str, ...]:
         """``stop`` as a tuple of non-empty strings."""
@@ -140,7 +206,11 @@ def to_turns(messages: list[ChatMessage]) -> list[Turn]:
         if m.content is None:
             raise APIError(400, f"messages[{i}] has no content: only text messages are supported", param="messages")
         content = m.content if isinstance(m.content, str) else "\n".join(p.text for p in m.content)
-        turns.append(Turn(role="system" if m.role == "developer" else m.role, content=content))
+        try:
+            turns.append(Turn(role="system" if m.role == "developer" else m.role, content=content))
+        except ValidationError as e:  # whatever the record type refuses is the request's fault, not a server bug
+            problems = "; ".join(err.get("msg", "invalid") for err in e.errors())
+            raise APIError(400, f"messages[{i}] is invalid: {problems}", param="messages") from e
     return turns
 
 
