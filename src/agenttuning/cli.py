@@ -26,13 +26,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _friendly(fn: F) -> F:
-    """Bad input ends the command with one clear line and exit code 2, not a traceback."""
+    """Bad input ends the command with one clear line and exit code 2, not a traceback; a stage that would write
+    nothing (:class:`~agenttuning.data.outputs.EmptyOutputError`) ends it with the reason and exit code 1."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from agenttuning.data.outputs import EmptyOutputError
+
         try:
             return fn(*args, **kwargs)
-        except (RecordError, ValueError, KeyError, FileExistsError, FileNotFoundError) as e:
+        except EmptyOutputError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(1) from None
+        except (RecordError, ValueError, KeyError, FileExistsError, FileNotFoundError, NotADirectoryError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             err.print(f"[bold red]error:[/] {msg}", highlight=False)
             raise typer.Exit(2) from None
@@ -213,8 +219,11 @@ def filter_(
     ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Drop trajectories longer than this (approximate tokens).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl or parquet.")] = "jsonl",
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder that holds no earlier filter output.")] = False,
 ) -> None:
-    """Trajectories -> AgentInstruct: keep by reward, drop unparsable / too long / duplicate / test-contaminated."""
+    """Trajectories -> AgentInstruct: keep by reward, drop unparsable / too long / duplicate / test-contaminated.
+
+    The --out folder is written fresh and swapped in when complete; keeping nothing is an error (exit 1)."""
     from agenttuning.data.filter import PAPER_MIN_REWARD, stats_table
     from agenttuning.data.stages import build_agentinstruct
 
@@ -222,7 +231,7 @@ def filter_(
         raise ValueError("--format must be jsonl or parquet")
     result = build_agentinstruct(
         inputs, out, min_reward=_thresholds(min_reward) if min_reward else PAPER_MIN_REWARD,
-        max_tokens=max_tokens, fmt=fmt,  # type: ignore[arg-type]
+        max_tokens=max_tokens, fmt=fmt, overwrite=overwrite,  # type: ignore[arg-type]
     )
     console.print(stats_table(result.filter))
     drops = result.decontam.dropped
@@ -254,15 +263,21 @@ def mix(
     n: Annotated[int | None, typer.Option("-n", help="Examples to draw (default: one epoch).")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     general_format: Annotated[str, typer.Option(help="sharegpt or openai.")] = "sharegpt",
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder that holds no earlier mix output.")] = False,
 ) -> None:
-    """A static eta-mixture of agent and general data (each example is agent data with probability eta)."""
+    """A static eta-mixture of agent and general data (each example is agent data with probability eta).
+
+    The --out folder is written fresh and swapped in when complete; an empty mixture is an error (exit 1)."""
     from agenttuning.data.stages import mix_datasets
 
     if not 0.0 <= eta <= 1.0:
         raise ValueError("--eta must be in [0, 1]")
     if general_format not in ("sharegpt", "openai"):
         raise ValueError("--general-format must be sharegpt or openai")
-    r = mix_datasets(agent, general, out, eta=eta, n=n, seed=seed, general_format=general_format)  # type: ignore[arg-type]
+    if n is not None and n < 1:
+        raise ValueError("-n must be at least 1")
+    r = mix_datasets(agent, general, out, eta=eta, n=n, seed=seed, general_format=general_format,  # type: ignore[arg-type]
+                     overwrite=overwrite)
     t = _metric_table(f"mix → {r.out}")
     for k, v in r.to_json().items():
         t.add_row(k, str(v))
@@ -281,8 +296,11 @@ def prepare(
     template: Annotated[str | None, typer.Option(help="Chat template (default: the tokenizer's own): llama2-chat, llama3, mistral, chatml.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
     show: Annotated[int, typer.Option(help="Print K examples with the trained tokens coloured.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder that holds no earlier prepare output.")] = False,
 ) -> None:
-    """Tokenise, mask (loss only on trained assistant turns), fit to max_len and pack examples for training."""
+    """Tokenise, mask (loss only on trained assistant turns), fit to max_len and pack examples for training.
+
+    The --out folder is written fresh and swapped in when complete; no row to write is an error (exit 1)."""
     from agenttuning.tokens.masks import visualize
     from agenttuning.tokens.prepare import prepare as run
 
@@ -290,12 +308,15 @@ def prepare(
         raise ValueError("--format must be parquet or jsonl")
     if policy not in ("truncate_turns", "drop"):
         raise ValueError("--policy must be truncate_turns or drop")
-    r = run(data, tokenizer, out, max_len=max_len, packed=pack, policy=policy, template=template, fmt=fmt)  # type: ignore[arg-type]
+    if max_len < 2:
+        raise ValueError("--max-len must be at least 2")
+    r = run(data, tokenizer, out, max_len=max_len, packed=pack, policy=policy, template=template, fmt=fmt,  # type: ignore[arg-type]
+            overwrite=overwrite)
     t = _metric_table(f"prepare → {out}")
     L = r.length
     t.add_row("examples in", f"{r.examples_in} " + str(r.sources))
     if r.rejected:
-        t.add_row("rejected by the template", str(r.rejected))
+        t.add_row("rejected by the template", f"{r.rejected} (first: {r.first_rejection})")
     t.add_row(f"fitted to {max_len} ({L.policy})", f"kept {L.kept}, cut {L.cut}, dropped {L.dropped}")
     t.add_row("tokens lost", f"{L.tokens_lost} of {L.tokens_total}")
     t.add_row("trained tokens lost", f"{L.trained_lost} of {L.trained_total}")
@@ -315,6 +336,7 @@ def prepare(
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_friendly
 def train(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(help="YAML config (configs/*.yaml); key=value arguments override it.")] = None,
@@ -328,6 +350,7 @@ def train(
 
     try:
         cfg = load_config(config, list(ctx.args))
+        _check_train_paths(cfg)
     except ConfigError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(2) from None
@@ -343,6 +366,23 @@ def train(
     t.add_row("loss path", result.loss_impl)
     t.add_row("model", str(result.model_dir))
     console.print(t)
+
+
+def _check_train_paths(cfg: Any) -> None:
+    """Before any model loads: the model and tokenizer can be found and the data paths exist (ConfigError)."""
+    from agenttuning.pipeline.config import PipelineConfigError, check_model_path
+    from agenttuning.train import ConfigError
+
+    try:
+        check_model_path(cfg.model, "model")
+        if cfg.tokenizer is not None:
+            check_model_path(cfg.tokenizer, "tokenizer", model=False)
+    except PipelineConfigError as e:
+        raise ConfigError(str(e)) from None
+    for key in ("agent_data", "general_data"):
+        path = getattr(cfg, key)
+        if path is not None and not Path(path).expanduser().exists():
+            raise ConfigError(f"{key}: no such file or folder {path!r}")
 
 
 @app.command()
@@ -362,6 +402,10 @@ def serve(
     kv_cache_mb: Annotated[int | None, typer.Option(
         help="hf backend: memory budget of the KV store in MiB (default 2048), least recently used evicted first.",
     )] = None,
+    max_body_mb: Annotated[int, typer.Option(help="Largest request body in MiB; larger ones get 413.")] = 4,
+    max_prompt_chars: Annotated[int | None, typer.Option(
+        help="Most characters of message content per request (default 16 per token of the model's context).",
+    )] = None,
 ) -> None:
     """An OpenAI-compatible /v1/chat/completions server over a local model (rollouts and eval use openai:NAME)."""
     from agenttuning.models import resolve_model
@@ -369,10 +413,13 @@ def serve(
 
     if backend not in ("auto", "hf", "vllm"):
         raise ValueError("--backend must be auto, hf or vllm")
+    if max_body_mb < 1 or (max_prompt_chars is not None and max_prompt_chars < 1):
+        raise ValueError("--max-body-mb and --max-prompt-chars must be positive")
     # a .gguf file or alias is served from its converted folder (vLLM too), under the name the user gave
     run(resolve_model(model), host=host, port=port, served_name=served_name or model, backend=backend,
         batch_size=batch_size, max_new_tokens_default=max_tokens, temperature_default=temperature,
-        kv_reuse=kv_reuse, kv_cache_bytes=None if kv_cache_mb is None else kv_cache_mb << 20)
+        kv_reuse=kv_reuse, kv_cache_bytes=None if kv_cache_mb is None else kv_cache_mb << 20,
+        max_body_bytes=max_body_mb << 20, max_prompt_chars=max_prompt_chars)
 
 
 @app.command("eval")

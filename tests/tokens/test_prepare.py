@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from agenttuning.cli import app
 from agenttuning.data.example import Example
 from agenttuning.data.formats import write_agentinstruct, write_examples, write_sharegpt
+from agenttuning.data.outputs import EmptyOutputError
 from agenttuning.schema import Turn
 from agenttuning.tokens.masks import IGNORE_INDEX
 from agenttuning.tokens.offline import llama3_tokenizer
@@ -73,8 +74,18 @@ def test_too_long_examples_are_cut_at_a_turn_boundary_and_reported(tmp_path, tok
     row = json.loads((tmp_path / "out" / "train.jsonl").read_text())
     assert tok.decode([t for t, y in zip(row["input_ids"], row["labels"]) if y != -100]) == "short answer<|eot_id|>"
     assert r.length.trained_lost > 400 and r.length_policies["drop@128"]["dropped"] == 1
-    r2 = prepare(tmp_path / "in.jsonl", tok, tmp_path / "out2", max_len=128, policy="drop")
-    assert r2.length.dropped == 1 and r2.packing.rows == 0
+    with pytest.raises(EmptyOutputError, match="1 longer than max_len=128 \\(policy drop\\)"):  # no rows: a failure
+        prepare(tmp_path / "in.jsonl", tok, tmp_path / "out2", max_len=128, policy="drop")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_unpacked_rows_keep_their_own_ids_when_an_earlier_example_is_dropped(tmp_path, tok):
+    examples = [ex(0, replies=("word " * 400,)), ex(1, source="agent"), ex(2)]
+    write_examples(examples, tmp_path / "in.jsonl")
+    r = prepare(tmp_path / "in.jsonl", tok, tmp_path / "out", max_len=128, packed=False, policy="drop", fmt="jsonl")
+    rows = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert [(row["id"], row["source"]) for row in rows] == [("chat-1", "agent"), ("chat-2", "general")]
+    assert [e.id for e in r.examples] == ["chat-1", "chat-2"]
 
 
 def test_every_layout_is_detected_and_read(tmp_path, tok):

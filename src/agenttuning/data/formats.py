@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from agenttuning.data.example import Example, Source, from_trajectory
 from agenttuning.data.rows import data_files, read_all, write_rows
-from agenttuning.jsonl import read_records, write_atomic
+from agenttuning.jsonl import write_atomic
 from agenttuning.schema import Trajectory, Turn, to_openai_messages, turns_from_agentinstruct
 
 AGENTINSTRUCT_FAMILIES = ("os", "db", "alfworld", "webshop", "kg", "mind2web")
@@ -249,5 +249,5 @@ def write_examples(examples: Iterable[Example], path: str | os.PathLike[str]) ->
 
 
 def read_examples(path: str | os.PathLike[str]) -> list[Example]:
-    """Read a JSONL file of Example records (RecordError names file:line)."""
-    return read_records(path, Example)
+    """Read Example records from a JSONL, JSON-list or parquet file or a directory (RecordError names file:line)."""
+    return [ex for _, _, ex in read_all(path, lambda _f, r, _line: Example.model_validate(r))]

@@ -4,18 +4,23 @@ Readers yield ``(line, where, row)``: for JSONL ``line`` is the file line and ``
 list or parquet ``line`` is the row index + 1 and ``where`` is ``"row N"`` (the published AgentInstruct files are
 parquet, where lines do not exist). Errors are :class:`~agenttuning.jsonl.RecordError` naming ``file:line``.
 Writers pick the container from the file suffix and replace the file atomically (temporary file + rename).
+Invalid UTF-8 and JSON nested too deeply to parse are RecordErrors naming the file and line too, never a
+``UnicodeDecodeError`` or ``RecursionError`` traceback.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from agenttuning.jsonl import RecordError, dumps, iter_json, write_atomic
+
+_BOM = b"\xef\xbb\xbf"
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 # what stages write beside their data; never read as data when a directory is given
@@ -47,25 +52,65 @@ def iter_rows(path: str | os.PathLike[str]) -> Iterator[tuple[int, str, Any]]:
     if p.suffix == ".parquet":
         yield from _parquet_rows(p)
         return
-    with open(p, encoding="utf-8") as f:
-        head = f.read(4096).lstrip()
-    if p.suffix == ".json" and head.startswith("["):
+    with open(p, "rb") as f:  # bytes: a JSON list is told by its first character, whatever the encoding after it
+        head = f.read(4096).removeprefix(_BOM).lstrip()
+    if p.suffix == ".json" and head.startswith(b"["):
         yield from _json_list_rows(p)
         return
     for line, obj in iter_json(p):
         yield line, f"line {line}", obj
 
 
+def located(path: str | os.PathLike[str], line: int, where: str, message: str) -> RecordError:
+    """The RecordError for a row: ``file:line: message``, with ``row N:`` in front where rows are not lines."""
+    return RecordError(path, line, message if where.startswith("line") else f"{where}: {message}")
+
+
+def first_row(path: str | os.PathLike[str]) -> tuple[Path, int, str, Any] | None:
+    """``(file, line, where, row)`` of the first record under ``path`` (a file or directory), or None if empty."""
+    return next(((f, line, where, row) for f in data_files(path) for line, where, row in iter_rows(f)), None)
+
+
 def _json_list_rows(p: Path) -> Iterator[tuple[int, str, Any]]:
+    raw = p.read_bytes().removeprefix(_BOM)
     try:
-        with open(p, encoding="utf-8") as f:
-            data = json.load(f)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = raw[e.start:e.start + 4]
+        raise RecordError(p, raw.count(b"\n", 0, e.start) + 1, f"invalid UTF-8 (bytes {bad!r} at offset "
+                          f"{e.start}): save the file as UTF-8") from None  # fmt: skip
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise RecordError(p, e.lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:  # the parser recurses per nesting level: a hostile file must not end in a traceback
+        raise RecordError(p, _deepest_line(text), "JSON nested too deeply to read") from None
     if not isinstance(data, list):
         raise RecordError(p, 1, f"expected a JSON list of records, got {type(data).__name__}")
     for i, obj in enumerate(data, 1):
         yield i, f"row {i}", obj
+
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}\n]')  # strings (skipped whole), brackets, newlines
+
+
+def _deepest_line(text: str) -> int:
+    """The line where ``text``'s bracket nesting is deepest (brackets inside strings do not count)."""
+    depth = deepest = 0
+    line = where = 1
+    for m in _JSON_TOKENS.finditer(text):
+        c = m.group()
+        if c == "\n":
+            line += 1
+        elif c in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, where = depth, line
+        elif c in "]}":
+            depth -= 1
+        else:
+            line += c.count("\n")  # a raw newline inside a string is invalid JSON, but keep the count honest
+    return where
 
 
 def _parquet_rows(p: Path) -> Iterator[tuple[int, str, Any]]:
@@ -76,8 +121,16 @@ def _parquet_rows(p: Path) -> Iterator[tuple[int, str, Any]]:
     except Exception as e:  # pyarrow raises several types for a file that is not parquet
         raise RecordError(p, 1, f"unreadable parquet: {e}") from None
     i = 0
-    for batch in pf.iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
+    batches = pf.iter_batches(batch_size=1024)
+    while True:
+        try:  # a corrupt page or invalid UTF-8 in a string column surfaces only while reading
+            batch = next(batches, None)
+            rows = [] if batch is None else batch.to_pylist()
+        except Exception as e:  # noqa: BLE001 - pyarrow's error types vary; each names what is wrong
+            raise RecordError(p, i + 1, f"row {i + 1}: unreadable parquet: {e}") from None
+        if batch is None:
+            return
+        for row in rows:
             i += 1
             yield i, f"row {i}", row
 
@@ -98,8 +151,7 @@ def read_all(
                     raise ValueError(f"expected a JSON object, got {type(row).__name__}")
                 out.append((f, line, convert(f, row, line)))
             except ValueError as e:  # pydantic's ValidationError is a ValueError too
-                msg = _one_line(e)
-                raise RecordError(f, line, msg if where.startswith("line") else f"{where}: {msg}") from None
+                raise located(f, line, where, _one_line(e)) from None
     return out
 
 

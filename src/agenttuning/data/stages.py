@@ -5,7 +5,10 @@
 - :func:`mix_datasets`: AgentInstruct + general chat -> decontaminated general data -> one eta-mixed epoch,
   ``train.jsonl`` (:class:`~agenttuning.data.example.Example` records) and ``metrics.json`` written last.
 
-A stage's output is complete only once its last file (the manifest or metrics) exists.
+A stage's output is complete only once its last file (the manifest or metrics) exists. A folder output is written
+into a fresh folder and swapped in when complete (:mod:`agenttuning.data.outputs`): nothing of an earlier run into
+the same folder survives to be read as this run's. A stage that would write no rows fails with the reason
+(:class:`~agenttuning.data.outputs.EmptyOutputError`) and leaves the old output untouched.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from agenttuning.data.filter import PAPER_MIN_REWARD, FilterResult, filter_traje
 from agenttuning.data.formats import (agentinstruct_schema, read_agentinstruct, read_openai, read_sharegpt,
                                       to_agentinstruct_record, write_agentinstruct, write_examples)  # fmt: skip
 from agenttuning.data.mix import epoch_length, premix
+from agenttuning.data.outputs import EmptyOutputError, check_inputs, check_output, counts, staged_dir
 from agenttuning.data.rows import write_json, write_rows
 from agenttuning.jsonl import read_records
 from agenttuning.schema import Trajectory
@@ -30,9 +34,13 @@ from agenttuning.schema import Trajectory
 PathLike = str | os.PathLike[str]
 
 
+def _paths(inputs: PathLike | Sequence[PathLike]) -> list[PathLike]:
+    return [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+
+
 def read_trajectories(inputs: PathLike | Sequence[PathLike]) -> list[Trajectory]:
     """Every trajectory in the given JSONL files or directories of them (sorted), validated; RecordError on bad."""
-    paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    paths = _paths(inputs)
     files: list[Path] = []
     for p in map(Path, paths):
         files += sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
@@ -63,40 +71,66 @@ def build_agentinstruct(
     count_tokens: Callable[[str], int] | None = None,
     index: ContaminationIndex | None = None,
     fmt: Literal["jsonl", "parquet"] = "jsonl",
+    overwrite: bool = False,
 ) -> BuildResult:
     """Trajectories -> AgentInstruct: filter (section 2.1), drop duplicates and test overlap, write per family.
 
     ``index`` defaults to the test split of every registered environment. An ``out_dir`` ending in ``.jsonl`` or
     ``.parquet`` is one file holding every family instead, with ``<stem>.stats.json`` and ``<stem>.manifest.json``
-    beside it.
+    beside it. A folder is replaced whole (an earlier ``filter`` output, or anything with ``overwrite``);
+    :class:`EmptyOutputError` when no trajectory is kept.
     """
     target = Path(out_dir)
     single = target.suffix in (".jsonl", ".parquet")
-    out = target.parent if single else target
-    stats_path = out / (f"{target.stem}.stats.json" if single else "stats.json")
-    manifest_path = out / (f"{target.stem}.manifest.json" if single else "manifest.json")
-    manifest_path.unlink(missing_ok=True)  # the output is incomplete until the manifest is rewritten
+    if single:  # one file, replaced atomically: only an input it would overwrite or land in is refused
+        check_inputs(target, _paths(inputs), recursive=False)
+    else:
+        check_output(target, stage="agentinstruct", marker="manifest.json", overwrite=overwrite,
+                     inputs=_paths(inputs), recursive=False)  # fmt: skip
+    trajs = read_trajectories(inputs)
     filtered = filter_trajectories(
-        read_trajectories(inputs),
+        trajs,
         min_reward=min_reward,
         require_success=require_success,
         max_tokens=max_tokens,
         count_tokens=count_tokens,
     )
     clean = decontaminate(filtered.kept, index)
+    if not clean.kept:
+        raise EmptyOutputError(_nothing_kept(inputs, len(trajs), filtered, clean))
     if single:
+        out = target.parent
+        stats_path, manifest_path = out / f"{target.stem}.stats.json", out / f"{target.stem}.manifest.json"
+        manifest_path.unlink(missing_ok=True)  # the output is incomplete until the manifest is rewritten
         examples = [from_trajectory(t) for t in clean.kept]
         fmt = "parquet" if target.suffix == ".parquet" else "jsonl"
         write_rows(target, [to_agentinstruct_record(ex) for ex in examples],
                    schema=agentinstruct_schema() if fmt == "parquet" else None)
         written = dict(Counter(ex.family for ex in examples))
         files = {fam: target.name for fam in sorted(written)}
+        _write_build_meta(stats_path, manifest_path, filtered, clean, files, written)
     else:
-        written = write_agentinstruct(clean.kept, out, fmt=fmt)
-        files = {fam: f"{fam}.{fmt}" for fam in sorted(written)}
-    write_json(stats_path, {**filtered.to_json(), "decontam": clean.to_json()})
-    write_json(manifest_path, {"stage": "agentinstruct", "files": files, "records": written})
+        out = target
+        with staged_dir(target) as tmp:
+            written = write_agentinstruct(clean.kept, tmp, fmt=fmt)
+            files = {fam: f"{fam}.{fmt}" for fam in sorted(written)}
+            _write_build_meta(tmp / "stats.json", tmp / "manifest.json", filtered, clean, files, written)
     return BuildResult(out, filtered, clean, written)
+
+
+def _write_build_meta(stats: Path, manifest: Path, filtered: FilterResult, clean: DecontamResult[Trajectory],
+                      files: dict[str, str], written: dict[str, int]) -> None:  # fmt: skip
+    write_json(stats, {**filtered.to_json(), "decontam": clean.to_json()})
+    write_json(manifest, {"stage": "agentinstruct", "files": files, "records": written})
+
+
+def _nothing_kept(inputs: PathLike | Sequence[PathLike], n: int, filtered: FilterResult,
+                  clean: DecontamResult[Trajectory]) -> str:  # fmt: skip
+    where = ", ".join(str(p) for p in _paths(inputs))
+    if n == 0:
+        return f"no trajectories in {where}: nothing to filter"
+    return (f"no trajectory kept of {n} read from {where}: the filter dropped {counts(filtered.dropped)}; "
+            f"decontamination dropped {counts(clean.dropped)}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -130,14 +164,20 @@ def mix_datasets(
     seed: int = 0,
     general_format: Literal["sharegpt", "openai"] = "sharegpt",
     index: ContaminationIndex | None = None,
+    overwrite: bool = False,
 ) -> MixResult:
     """One eta-mixture (section 2.2) of AgentInstruct data and general chat, written as ``<out_dir>/train.jsonl``.
 
     General data is deduplicated and checked against every test instruction first (``index`` defaults to the
-    registry's test splits). ``n`` defaults to one epoch (:func:`~agenttuning.data.mix.epoch_length`).
+    registry's test splits). ``n`` defaults to one epoch (:func:`~agenttuning.data.mix.epoch_length`). The folder is
+    replaced whole (an earlier ``mix`` output, or anything with ``overwrite``); :class:`EmptyOutputError` when a
+    source the mixture draws from has no usable example.
     """
     out = Path(out_dir)
-    (out / "metrics.json").unlink(missing_ok=True)
+    if n is not None and n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    sources = [agent] if general is None else [agent, general]
+    check_output(out, stage="mix", marker="metrics.json", overwrite=overwrite, inputs=sources)
     agent_examples = read_agentinstruct(agent).examples
     general_examples: list[Example] = []
     dropped: Counter[str] = Counter()
@@ -145,10 +185,17 @@ def mix_datasets(
         loaded = (read_sharegpt if general_format == "sharegpt" else read_openai)(general)
         clean = decontaminate(loaded.examples, index)
         general_examples, dropped = clean.kept, loaded.dropped + clean.dropped
+    if eta > 0 and not agent_examples:
+        raise EmptyOutputError(f"eta={eta} draws agent examples, but {agent} holds none")
+    if eta < 1 and not general_examples:
+        why = ("no general data given (pass general data, or eta=1)" if general is None
+               else f"no usable general example in {general} (dropped: {counts(dropped)})")  # fmt: skip
+        raise EmptyOutputError(f"eta={eta} draws general examples, but there are none: {why}")
     mixed = premix(agent_examples, general_examples, eta, n, seed)
-    write_examples(mixed, out / "train.jsonl")
     share = sum(ex.source == "agent" for ex in mixed) / len(mixed) if mixed else 0.0
     result = MixResult(out / "train.jsonl", len(agent_examples), len(general_examples), len(mixed), eta, seed,
                        round(share, 4), dropped)  # fmt: skip
-    write_json(out / "metrics.json", {"stage": "mix", **result.to_json()})
+    with staged_dir(out) as tmp:
+        write_examples(mixed, tmp / "train.jsonl")
+        write_json(tmp / "metrics.json", {"stage": "mix", **result.to_json()})
     return result

@@ -102,22 +102,26 @@ def held_out_general(n: int = 64, *, seed: int = 0, root: Path | None = None) ->
 
 
 def load_general_examples(path: str | os.PathLike[str]) -> list[Example]:
-    """Examples from a file: Example JSONL (``write_examples``), ShareGPT or OpenAI-messages, told by the first record."""
-    from agenttuning.data.formats import read_examples, read_openai, read_sharegpt
-    from agenttuning.data.rows import data_files, iter_rows
+    """Examples from a file: Example JSONL (``write_examples``), ShareGPT or OpenAI-messages, told by the first record.
 
-    first = next((row for f in data_files(path) for _, _, row in iter_rows(f)), None)
+    Errors are :class:`~agenttuning.jsonl.RecordError` naming ``file:line`` (ValueError when there is no record).
+    """
+    from agenttuning.data.formats import read_examples, read_openai, read_sharegpt
+    from agenttuning.data.rows import first_row, located
+
+    first = first_row(path)
     if first is None:
         raise ValueError(f"{path}: no records")
-    if not isinstance(first, dict):
-        raise TypeError(f"{path}: records must be JSON objects")
-    if "turns" in first:
+    f, line, where, row = first
+    if not isinstance(row, dict):
+        raise located(f, line, where, f"expected a JSON object, got {type(row).__name__}")
+    if "turns" in row:
         return read_examples(path)
-    if "messages" in first:
+    if "messages" in row:
         return read_openai(path).examples
-    if "conversations" in first:
+    if "conversations" in row:
         return read_sharegpt(path).examples
-    raise ValueError(f"{path}: records have none of 'turns', 'messages', 'conversations'")
+    raise located(f, line, where, "the record has none of 'turns', 'messages', 'conversations'")
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,12 @@ A config names *what* to build; where each stage's output lives is decided by it
 (:mod:`agenttuning.pipeline.cache`), so two configs that agree on a stage's inputs and settings share its output.
 The resolved config is saved beside the run (``run.json``), as ARCHITECTURE habit 7 asks.
 
+Everything a mistake can be found in is checked when the config loads, not minutes later in the stage that uses
+it, each error naming the file and the key (:class:`PipelineConfigError`): value types and ranges (pydantic), the
+train fields (a valid TrainConfig), the model and tokenizer (a local path must exist and be a model folder or a
+``.gguf`` file; an alias must be installed; a scratch preset must exist), the teacher policy spec and the policy
+options, the environments, the general data source, and the eta values of the sweep.
+
 >>> cfg = PipelineConfig.model_validate({"teacher": {"envs": ["db"]}})
 >>> apply_overrides(cfg, ["mix.eta=0.5", "teacher.n=10"]).mix.eta
 0.5
@@ -11,10 +17,11 @@ The resolved config is saved beside the run (``run.json``), as ARCHITECTURE habi
 
 from __future__ import annotations
 
+import inspect
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -107,7 +114,7 @@ class EvalConfig(_Section):
 class SweepConfig(_Section):
     """What ``agenttuning sweep`` varies: eta values, and the unfiltered variant (the paper's ablations)."""
 
-    eta: list[float] = Field(default_factory=lambda: [0.2, 1.0])
+    eta: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(default_factory=lambda: [0.2, 1.0], min_length=1)
     unfiltered: bool = Field(True, description="Also train on unfiltered trajectories at the main eta.")
 
 
@@ -163,13 +170,114 @@ def _validate(data: dict[str, Any], where: str) -> PipelineConfig:
         raise PipelineConfigError(f"{where}: " + "; ".join(msgs)) from None
     _check_train(cfg.train, where)
     _check_model(cfg.model, where)
+    _check_policies(cfg, where)
+    _check_envs(cfg, where)
+    if cfg.general.source != "stdlib" and not Path(cfg.general.source).expanduser().exists():
+        raise PipelineConfigError(f"{where}: general.source: no such file or folder {cfg.general.source!r} "
+                                  "(or 'stdlib')")  # fmt: skip
+    if not cfg.out.strip() or Path(cfg.out).is_file():
+        raise PipelineConfigError(f"{where}: out: {cfg.out!r} is not a folder path")
     return cfg
+
+
+def looks_local(spec: str) -> bool:
+    """Whether a model name is meant as a path on this machine rather than a hub id (``name`` or ``org/name``).
+
+    >>> [looks_local(s) for s in ("org/model", "gpt2", "./m", "../m", "/m", "~/m", "runs/a/model")]
+    [False, False, True, True, True, True, True]
+    """
+    return (spec.startswith(("/", "./", "../", "~", ".\\", "..\\")) or spec in (".", "..") or "\\" in spec
+            or spec.count("/") > 1 or (os.sep != "/" and os.sep in spec))  # fmt: skip
+
+
+def check_model_path(spec: str, key: str, *, model: bool = True) -> None:
+    """A model (or, ``model=False``, tokenizer) spec that names something local must be there and loadable.
+
+    ``.gguf`` files and aliases are checked by :func:`agenttuning.models.check_model_source`; a folder must hold a
+    Hugging Face ``config.json`` (models); a path-like name that does not exist is an error, not a hub id to
+    download. PipelineConfigError names ``key``.
+    """
+    from agenttuning.models import ModelSourceError, check_model_source, source_kind
+
+    kind = source_kind(spec)
+    try:
+        check_model_source(spec)
+    except ModelSourceError as e:
+        raise PipelineConfigError(f"{key}: {e}") from None
+    p = Path(spec).expanduser()
+    if kind == "folder" and model and not (p / "config.json").is_file():
+        raise PipelineConfigError(f"{key}: the folder {spec!r} has no config.json, so it is not a Hugging Face "
+                                  "model folder")  # fmt: skip
+    if kind == "hub" and p.is_file():
+        raise PipelineConfigError(f"{key}: {spec!r} is a file; give a model folder, a .gguf file or a hub id")
+    if kind == "hub" and looks_local(spec):
+        raise PipelineConfigError(f"{key}: no such folder {spec!r} (a hub id is 'name' or 'org/name')")
+
+
+def _check_policies(cfg: PipelineConfig, where: str) -> None:
+    """The teacher's spec parses and its options and the evaluation's (``hf:`` policies) are known parameters."""
+    spec = cfg.teacher.policy
+    kind, sep, arg = spec.partition(":")
+    bad = None
+    if kind in ("openai", "hf") and not arg:
+        bad = f"{kind!r} needs a model: '{kind}:MODEL'"
+    elif kind in ("expert", "wrong", "random") and sep:
+        bad = f"{kind!r} takes no argument"
+    elif kind == "noisy":
+        try:
+            p = float(arg)
+        except ValueError:
+            p = -1.0
+        if not 0.0 <= p <= 1.0:
+            bad = "'noisy:P' needs a probability P in [0, 1], e.g. noisy:0.3"
+    elif kind not in ("openai", "hf", "expert", "wrong", "random"):
+        bad = "use openai:MODEL, hf:PATH_OR_ID, expert, wrong, noisy:P or random"
+    if bad:
+        raise PipelineConfigError(f"{where}: teacher.policy: {spec!r}: {bad}")
+    if kind == "hf":
+        try:
+            check_model_path(arg, "teacher.policy")
+        except PipelineConfigError as e:
+            raise PipelineConfigError(f"{where}: {e}") from None
+    _check_options(kind, cfg.teacher.policy_options, "teacher.policy_options", where)
+    _check_options("hf", cfg.eval.policy_options, "eval.policy_options", where)  # the models are evaluated as hf:
+
+
+def _check_options(kind: str, options: dict[str, Any], key: str, where: str) -> None:
+    """Option names must be parameters of the policy's constructor (a typo would fail only at the stage)."""
+    if not options:
+        return
+    known: set[str] = {"seed"}  # the environments' own policies (expert, wrong, noisy, random) take a seed only
+    if kind in ("openai", "hf"):
+        if kind == "openai":
+            from agenttuning.policies.openai import OpenAIPolicy as policy_class
+        else:
+            from agenttuning.policies.hf import HFPolicy as policy_class  # type: ignore[assignment]
+        known = set(inspect.signature(policy_class.__init__).parameters) - {"self", "model"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise PipelineConfigError(f"{where}: {key}: unknown option(s) {', '.join(map(repr, unknown))} for a {kind} "
+                                  f"policy (known: {', '.join(sorted(known))})")  # fmt: skip
+
+
+def _check_envs(cfg: PipelineConfig, where: str) -> None:
+    from agenttuning.envs import base
+    from agenttuning.eval.agent import GROUP_WORDS
+
+    for key, names in (("teacher.envs", cfg.teacher.envs), ("eval.envs", cfg.eval.envs)):
+        if not names:
+            raise PipelineConfigError(f"{where}: {key}: give at least one environment")
+        for name in names:
+            if key == "eval.envs" and name in GROUP_WORDS:
+                continue
+            try:
+                base.get(name)
+            except KeyError as e:
+                raise PipelineConfigError(f"{where}: {key}: {e.args[0]}") from None
 
 
 def _check_model(model: ModelConfig, where: str) -> None:
     """Fail at load time on a model that cannot be found (nothing is hashed or converted here)."""
-    from agenttuning.models import ModelSourceError, check_model_source
-
     if model.name.startswith("scratch:"):
         from agenttuning.train.scratch import PRESETS
 
@@ -177,14 +285,27 @@ def _check_model(model: ModelConfig, where: str) -> None:
         if preset not in PRESETS:
             raise PipelineConfigError(f"{where}: model.name: unknown scratch preset {preset!r}; use "
                                       + ", ".join(f"scratch:{p}" for p in PRESETS))  # fmt: skip
+        if model.overrides:
+            _check_overrides(model.overrides, where)
         return
-    for key, spec in (("model.name", model.name), ("model.tokenizer", model.tokenizer)):
+    for key, spec, is_model in (("model.name", model.name, True), ("model.tokenizer", model.tokenizer, False)):
         if spec is None:
             continue
         try:
-            check_model_source(spec)
-        except ModelSourceError as e:
-            raise PipelineConfigError(f"{where}: {key}: {e}") from None
+            check_model_path(spec, key, model=is_model)
+        except PipelineConfigError as e:
+            raise PipelineConfigError(f"{where}: {e}") from None
+
+
+def _check_overrides(overrides: dict[str, Any], where: str) -> None:
+    """model.overrides are LlamaConfig fields: LlamaConfig keeps unknown keywords silently, so a typo would be lost."""
+    from transformers import LlamaConfig
+
+    known = set(LlamaConfig().to_dict())
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise PipelineConfigError(f"{where}: model.overrides: unknown LlamaConfig field(s) "
+                                  f"{', '.join(map(repr, unknown))}")  # fmt: skip
 
 
 def _parse(raw: str) -> Any:

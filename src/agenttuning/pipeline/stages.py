@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
+from agenttuning.data.outputs import EmptyOutputError, counts
 from agenttuning.data.rows import write_json
 from agenttuning.pipeline.config import PipelineConfig
 
@@ -131,6 +132,9 @@ def run_filter(ctx: StageContext) -> dict[str, Any]:
     trajs = read_trajectories([rec.dir / name for name in rec.outputs["files"]])
     result = filter_trajectories(trajs, min_reward=f.min_reward if f.enabled else float("-inf"),
                                  require_success=f.require_success and f.enabled, max_tokens=f.max_tokens)  # fmt: skip
+    if not result.kept:  # a stage that produced nothing fails here with why, not later with a misleading error
+        raise EmptyOutputError(f"filter: no trajectory kept of {result.total.total} (dropped: "
+                               f"{counts(result.dropped)}); see teacher.* and filter.* in the config")  # fmt: skip
     write_atomic(ctx.dir / "kept.jsonl", [t.model_dump(mode="json") for t in result.kept])
     write_json(ctx.dir / "stats.json", result.to_json())
     return {"kept": "kept.jsonl", "stats": "stats.json", "total": result.total.total, "n_kept": result.total.kept}
@@ -155,6 +159,9 @@ def run_decontam(ctx: StageContext) -> dict[str, Any]:
     if ctx.config.filter.decontaminate:
         clean = decontaminate(kept)
         trajs, decontam = clean.kept, clean.to_json()
+        if not trajs:  # the filter stage already failed on none kept: only decontamination can empty it here
+            raise EmptyOutputError(f"decontam: every kept trajectory overlaps a test task or repeats one (dropped: "
+                                   f"{counts(clean.dropped)})")  # fmt: skip
     else:
         trajs, decontam = kept, {"enabled": False}
     examples = [from_trajectory(t) for t in trajs]
@@ -312,8 +319,12 @@ def run_prepare(ctx: StageContext) -> dict[str, Any]:
     tok = load_tokenizer(tokenizer_path(ctx.inputs["model"]))
     out: dict[str, Any] = {}
     for name, src in (("agent", ctx.path("decontam", "agentinstruct")), ("general", ctx.path("general", "train"))):
-        r = prepare(src, tok, ctx.dir / name, max_len=s["max_len"], packed=False, policy=s["length_policy"],
-                    template=s["chat_template"], fmt="parquet")  # fmt: skip
+        try:  # no rows for a source: the stage fails (no manifest) with why, instead of mix failing on the empty file
+            r = prepare(src, tok, ctx.dir / name, max_len=s["max_len"], packed=False, policy=s["length_policy"],
+                        template=s["chat_template"], fmt="parquet")  # fmt: skip
+        except EmptyOutputError as e:
+            raise EmptyOutputError(f"prepare ({name} data): {e} (config: train.max_len, train.length_policy, "
+                                   "train.chat_template)") from None  # fmt: skip
         out[name] = name
         out[f"{name}_stats"] = r.to_json()
     return out
