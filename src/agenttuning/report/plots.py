@@ -149,6 +149,7 @@ def plot_sweep(sweep: Sweep, path: Path, *, base: str | None = None) -> Path:
 
     def draw(axes: list[Any]) -> None:
         for ax, (key, title) in zip(axes, panels):
+            drawn = False
             for filtered, style, marker, colour in ((True, "-", "o", TUNED), (False, "--", "s", "#d1495b")):
                 pts = []
                 for r in sweep.rows:
@@ -158,9 +159,15 @@ def plot_sweep(sweep: Sweep, path: Path, *, base: str | None = None) -> Path:
                     if y is not None:
                         pts.append((r.point.eta, y))
                 if pts:
+                    drawn = True
                     xs, ys = zip(*sorted(pts))
                     ax.plot(xs, ys, linestyle=style, marker=marker, color=colour,
                             label="filtered data" if filtered else "unfiltered data")  # fmt: skip
+            if not drawn:
+                # an empty panel would read as a broken plot: say why it is empty (the overall score skips tasks
+                # on which every model scored 0, so a group can have no score at all)
+                ax.text(0.5, 0.5, "no score: every model scored 0\non every task of this group",
+                        ha="center", va="center", transform=ax.transAxes, color="#666666", fontsize=9)  # fmt: skip
             if base is not None:
                 ref = sweep.base_general_loss if key == "general" else sweep.models.get(base, {}).get(key)
                 if ref is not None:
