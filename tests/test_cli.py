@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -149,3 +150,20 @@ def test_filter_then_mix(tmp_path):
     assert (tmp_path / "agentinstruct.stats.json").exists() and (tmp_path / "agentinstruct.manifest.json").exists()
     r = runner.invoke(app, ["filter", str(runs), "--out", str(tmp_path / "x"), "--min-reward", "db=abc"])
     assert r.exit_code == 2 and "FAMILY=VALUE" in r.output
+
+
+def test_no_progress_also_silences_the_libraries_bars(monkeypatch):
+    from transformers.utils import logging as hf_logging
+
+    from agenttuning.cli import _library_progress
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    hf_logging.enable_progress_bar()
+    try:
+        _library_progress(True)
+        assert hf_logging.is_progress_bar_enabled() and "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
+        _library_progress(False)
+        assert not hf_logging.is_progress_bar_enabled()
+        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"  # child processes inherit it
+    finally:
+        hf_logging.enable_progress_bar()

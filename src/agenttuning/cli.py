@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -495,6 +496,7 @@ def pipeline(
     from agenttuning.pipeline import load_pipeline_config, run_pipeline
     from agenttuning.pipeline.run import headline_table, stages_table
 
+    _library_progress(progress)
     config, overrides = _config_and_overrides(config, list(ctx.args))
     cfg = load_pipeline_config(config, overrides)
     run = run_pipeline(cfg, console=err, progress=progress)
@@ -502,6 +504,18 @@ def pipeline(
     console.print(headline_table(run))
     if run.report is not None:
         console.print(f"report: [bold]{run.out / 'report' / 'report.html'}[/] (and report.md, trajectories.html)")
+
+
+def _library_progress(progress: bool) -> None:
+    """``--no-progress`` also silences the libraries' own bars (transformers' weight loading and GGUF conversion,
+    the hub's), which would otherwise fill a log with carriage-return lines. The variable reaches child processes."""
+    if progress:
+        return
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:  # read at import time: an already imported transformers is told directly
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def _config_and_overrides(config: str, args: list[str]) -> tuple[str, list[str]]:
@@ -529,6 +543,7 @@ def sweep(
         overrides.append(f"sweep.eta=[{eta}]")
     if unfiltered is not None:
         overrides.append(f"sweep.unfiltered={str(unfiltered).lower()}")
+    _library_progress(progress)
     cfg = apply_overrides(load_pipeline_config(config), overrides)
     run = run_sweep(cfg, console=err, progress=progress)
     console.print(stages_table(run))
