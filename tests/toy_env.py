@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import time
 
-from agenttuning.envs.base import EnvDefinition, Environment, StepResult
+from agenttuning.envs.base import EnvDefinition, Environment, EpisodeEnv, StepResult
 from agenttuning.schema import Task, Turn
 
 WORDS = ["amber", "basil", "cedar", "delta", "ember", "fjord", "gamma", "heron", "iris", "jade"]
@@ -18,32 +18,27 @@ def _word(key: str) -> str:
     return WORDS[int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(WORDS)]
 
 
-class LookupEnv(Environment):
-    def __init__(self, definition: "LookupDefinition"):
-        self.d = definition
-        self.task: Task | None = None
-        self.turns = 0
+class LookupEnv(EpisodeEnv):
+    """Only the family's own reset and actions: EpisodeEnv counts turns, truncates and builds the results."""
 
-    def reset(self, task: Task) -> str:
-        self.task, self.turns = task, 0
+    max_turns = property(lambda self: self.definition.env_budget)  # above the family's, so the engine's cap comes first
+
+    def start(self, task: Task) -> str:
         return f"{task.instruction}\nActions: 'lookup KEY' or 'answer WORD'."
 
-    def step(self, action: str) -> StepResult:
-        assert self.task is not None
+    def act(self, action: str) -> StepResult:
         p = self.task.payload
         if p.get("slow_s"):
             time.sleep(p["slow_s"])
         if p.get("raise"):
             raise RuntimeError("the environment broke")
-        self.turns += 1
-        verb, _, arg = action.strip().partition(" ")
+        verb, _, arg = action.partition(" ")
         if verb == "lookup":
-            obs = f"The word for {arg} is {_word(arg)}." if arg else "lookup needs a key"
-            return StepResult(obs, truncated=self.turns >= self.d.env_budget)
+            return StepResult(f"The word for {arg} is {_word(arg)}." if arg else "lookup needs a key")
         if verb == "answer":
             ok = arg.strip() == _word(p["key"])
-            return StepResult("Correct." if ok else "Wrong.", reward=float(ok), terminated=True, info={"success": ok})
-        return StepResult(self.d.invalid_action(f"unknown action {verb[:40]!r}"), info={"invalid": True})
+            return self.final(float(ok), ok, "Correct." if ok else "Wrong.")
+        return self.invalid(f"unknown action {verb[:40]!r}")
 
 
 class LookupDefinition(EnvDefinition):

@@ -9,6 +9,7 @@ import pytest
 from agenttuning.envs import base
 from agenttuning.envs.base import StepResult, available, get
 from agenttuning.envs.check import check_env
+from agenttuning.schema import Turn
 from tests.toy_env import LookupDefinition, LookupEnv
 
 
@@ -91,8 +92,11 @@ def test_checker_catches_an_exception_on_invalid_actions():
 
 
 def test_third_party_environments_load_from_entry_points(monkeypatch):
+    # the built-in families come through the same entry points (pyproject.toml), not by name
+    builtin = list(base.entry_points(group=base.ENTRY_POINT_GROUP))
+    assert sorted(e.name for e in builtin) == ["db", "kg"], "reinstall: pip install --no-deps -e ."
     ep = EntryPoint(name="lookup", value="tests.toy_env:LookupDefinition", group=base.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(base, "entry_points", lambda group: [ep] if group == base.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(base, "entry_points", lambda group: [*builtin, ep] if group == base.ENTRY_POINT_GROUP else [])
     monkeypatch.setattr(base, "_entry_points_loaded", False)
     monkeypatch.setattr(base, "_REGISTRY", {})
     assert [d.id for d in available()] == ["db-v1", "kg-v1", "lookup-v1"]
@@ -117,7 +121,7 @@ def _adversarial_failures(env_class, **kw):
 def test_adversarial_suite_catches_an_unbounded_observation():
     class Echo(LookupEnv):
         def step(self, action):
-            return StepResult(f"You said {action}", info={"invalid": True})
+            return StepResult(f"You said {action}", invalid=True)
 
     detail = _adversarial_failures(Echo)["adversarial actions: bounded time, size and memory"]
     assert "observation" in detail
@@ -180,3 +184,36 @@ def test_adversarial_suite_catches_unbounded_memory():
         assert "memory grew by" in detail
     finally:
         kept.clear()
+
+
+def test_the_environment_base_imports_no_environment():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(base))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not [m for m in imported if m and m.startswith("agenttuning.envs")], imported
+
+
+def test_the_base_owns_reset_before_step_the_budget_and_the_results():
+    d = LookupDefinition()
+    d.env_budget = 2
+    env = d.make()
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step("lookup a")
+    task = d.tasks("test")[0]
+    with pytest.raises(ValueError, match="belongs to"):
+        env.reset(task.model_copy(update={"env": "other-v1"}))
+    env.reset(task)
+    bad = env.step("  dance  ")
+    assert bad.invalid and bad.reward == 0 and not bad.terminated and "'dance'" in bad.info["reason"]
+    last = env.step("lookup a")  # the second turn spends the budget: truncated, failed
+    assert last.truncated and not last.terminated and last.success is False and env.turns == 2
+    with pytest.raises(RuntimeError, match="episode is over"):
+        env.step("lookup b")
+    env.reset(task)
+    won = env.step(d.expert(task, [Turn(role="assistant", content="looked it up")]).split("Action: ")[-1])
+    assert won.terminated and won.success is True and won.reward == 1.0 and env.turns == 1
+    env.close()
+    env.close()

@@ -187,9 +187,9 @@ def test_expert_solves_every_test_task():
     for task in D.tasks("test"):
         results, history = run_episode(task, D.expert)
         last = results[-1]
-        if not (last.terminated and last.reward == 1.0 and last.info["success"] and len(results) == 2):
+        if not (last.terminated and last.reward == 1.0 and last.success and len(results) == 2):
             failures.append((task.id, task.instruction, history[-3].content[:200]))
-        assert all(r.reward == 0.0 for r in results[:-1]) and not any(r.info.get("invalid") for r in results)
+        assert all(r.reward == 0.0 for r in results[:-1]) and not any(r.invalid for r in results)
     assert failures == []
 
 
@@ -216,7 +216,7 @@ def test_wrong_answer_scores_zero_on_every_test_task():
     for task in D.tasks("test"):
         results, _ = run_episode(task, lambda t, h: D.wrong_answer(t))
         assert len(results) == 1 and results[0].terminated and results[0].reward == 0.0, task.id
-        assert results[0].info["success"] is False
+        assert results[0].success is False
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -294,11 +294,11 @@ def test_invalid_actions_get_feedback_and_the_episode_goes_on():
         for action in ("Hello there", "", "Operation\nSELECT 1", "Operation\n```sql\n  ;\n```",
                        "Answer\n['Paris']", "Search[France]"):
             r = env.step(action)
-            assert r.info["invalid"] and r.observation.startswith("Invalid action") and r.reward == 0.0
+            assert r.invalid and r.observation.startswith("Invalid action") and r.reward == 0.0
             assert not r.terminated and not r.truncated
         r = env.step(sql("SELEC capital FRM countries"))
         assert r.observation.startswith("Error:") and "syntax error" in r.observation and r.info["error"]
-        assert not r.info.get("invalid") and not r.terminated
+        assert not r.invalid and not r.terminated
         r = env.step(sql("SELECT nope FROM countries"))
         assert r.observation == "Error: no such column: nope"
         r = env.step(answer(repr([task.payload["answer"][0][0]])))

@@ -184,7 +184,7 @@ def test_get_relations_lists_relations_and_makes_no_variable():
     assert results[0].observation == "Euro (a currency) has these relations: used_in"
     assert results[1].observation == "#0 = 1 city: Tokyo"  # get_relations created no variable
     assert results[2].observation == "#0 (cities) has these relations: capital_of, country"
-    assert all(r.reward == 0 and not r.terminated and not r.info.get("invalid") for r in results)
+    assert all(r.reward == 0 and not r.terminated and not r.invalid for r in results)
 
 
 def test_get_neighbors_from_entities_and_variables():
@@ -252,7 +252,7 @@ def test_invalid_actions_get_helpful_feedback_and_the_episode_goes_on(actions, r
         env.reset(make_task())
         results = [env.step(a) for a in actions]
         r = results[-1]
-        assert r.info.get("invalid") is True and reason in r.info["reason"], r.observation
+        assert r.invalid is True and reason in r.info["reason"], r.observation
         assert r.observation == D.invalid_action(r.info["reason"]) and reason in r.observation
         assert r.reward == 0 and not r.terminated and not r.truncated
         # the episode goes on, and the invalid action defined no variable
@@ -264,9 +264,9 @@ def test_final_answer_is_never_evaluated(tmp_path):
     marker = tmp_path / "pwned"
     for text in (f"__import__('pathlib').Path({str(marker)!r}).touch()", f"#0; open({str(marker)!r}, 'w')"):
         r = play([f"Final Answer: {text}"])[-1]
-        assert r.info.get("invalid") and not r.terminated
+        assert r.invalid and not r.terminated
     r = play([f"get_relations(__import__('pathlib').Path({str(marker)!r}).touch())"])[-1]
-    assert r.info.get("invalid")
+    assert r.invalid
     assert not marker.exists()
 
 
@@ -275,11 +275,11 @@ def test_episode_truncates_at_max_turns_and_refuses_steps_after_the_end():
         env.reset(make_task())
         results = [env.step("get_relations(France)") for _ in range(D.max_turns)]
         assert [r.truncated for r in results] == [False] * (D.max_turns - 1) + [True]
-        assert results[-1].reward == 0 and not results[-1].terminated and results[-1].info["success"] is False
+        assert results[-1].reward == 0 and not results[-1].terminated and results[-1].success is False
         with pytest.raises(RuntimeError):
             env.step("get_relations(France)")
         env.reset(make_task())  # a reset starts over, with no variables
-        assert env.step("Final Answer: #0").info.get("invalid")
+        assert env.step("Final Answer: #0").invalid
     with D.make() as env, pytest.raises(ValueError):
         env.reset(make_task().model_copy(update={"env": "other-v1"}))
 
@@ -324,10 +324,11 @@ def test_f1_and_scores():
 def test_answers_in_episodes_exact_partial_and_wrong():
     exact = play(["get_neighbors(Belgium, languages)", "get_neighbors(Switzerland, languages)",
                   "intersection(#0, #1)", "Final Answer: #2"])[-1]
-    assert exact.terminated and exact.reward == 1.0 and exact.info == {"success": True, "answer": ["French", "German"]}
+    assert exact.terminated and exact.reward == 1.0 and exact.success is True
+    assert exact.info == {"answer": ["French", "German"]}
     assert exact.observation == "Answer received; the task is over."
     superset = play(["get_neighbors(Belgium, languages)", "Answer\nFinal Answer: #0."])[-1]
-    assert superset.terminated and superset.reward == pytest.approx(0.8) and superset.info["success"] is False
+    assert superset.terminated and superset.reward == pytest.approx(0.8) and superset.success is False
     wrong_kind = play(["get_neighbors(Belgium, capital)", "Final Answer: #0"])[-1]
     assert wrong_kind.terminated and wrong_kind.reward == 0.0
     counted = play(["get_neighbors(France, borders)", "get_neighbors(Germany, borders)", "intersection(#0, #1)",
@@ -340,7 +341,7 @@ def test_answers_in_episodes_exact_partial_and_wrong():
 def test_wrong_answer_scores_zero_on_every_task():
     for task in D.tasks("test") + D.tasks("train"):
         (r,) = play([parse_reply(D.wrong_answer(task)).action], task)
-        assert r.terminated and r.reward == 0.0 and r.info["success"] is False, task.id
+        assert r.terminated and r.reward == 0.0 and r.success is False, task.id
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 
 import pytest
 
-from agenttuning.envs.base import StepResult
 from agenttuning.jsonl import read_records
 from agenttuning.policies import make_policy
 from agenttuning.policies.base import Policy, Reply
@@ -49,7 +49,7 @@ class OddObservations(LookupDefinition):
         class Env(LookupEnv):
             def step(self, action):
                 r = super().step(action)
-                return StepResult(r.observation + " \udc80", r.reward, r.terminated, r.truncated, r.info)
+                return replace(r, observation=r.observation + " \udc80")
 
         return Env(self)
 

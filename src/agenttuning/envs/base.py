@@ -11,8 +11,11 @@ calls ``interrupt()``, waits for the step to return, then calls ``close()`` (clo
 such as a SQLite connection, can crash the whole process).
 
 Versioned ids (``db-v1``): any change to prompts, tasks or scoring bumps the version, so scores stay comparable.
-Third-party environments register through the entry-point group ``agenttuning.envs``: the entry point names an
-:class:`EnvDefinition` instance or a zero-argument callable returning one.
+A family's instance usually subclasses :class:`EpisodeEnv`, which owns the episode's bookkeeping (reset before step,
+the turn budget, the invalid-action and final results, close never under a running call), so the family writes only
+its own ``start`` (fresh state for a task) and ``act`` (one action). Every environment, the built-in ones included,
+registers through the entry-point group ``agenttuning.envs`` (see ``pyproject.toml``): the entry point names an
+:class:`EnvDefinition` instance or a zero-argument callable returning one. This module imports no environment.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib.metadata import entry_points
 from typing import Any, Literal
@@ -36,21 +39,25 @@ ENTRY_POINT_GROUP = "agenttuning.envs"
 
 @dataclass(frozen=True)
 class StepResult:
-    """What ``Environment.step`` returns (Gymnasium's five-tuple, named)."""
+    """What ``Environment.step`` returns (Gymnasium's five-tuple, named), with the two outcomes every reader needs.
+
+    ``success``: on the step that ends the task, whether it was solved (None: not said, and the engine counts a total
+    reward of at least 1 as success); a truncated episode fails. ``invalid``: the action could not be run and the
+    observation is the invalid-action feedback. ``info`` holds anything else the family wants to record.
+    """
 
     observation: str
     reward: float = 0.0
     terminated: bool = False
     truncated: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    success: bool | None = None
+    invalid: bool = False
 
 
-def truncate_at_budget(result: StepResult, turns: int, max_turns: int) -> StepResult:
-    """The step that spends the turn budget without ending the task is *truncated* (Gymnasium), and fails."""
-    if result.terminated or turns < max_turns:
-        return result
-    info = {**result.info, "success": False}
-    return StepResult(result.observation, 0.0, terminated=False, truncated=True, info=info)
+def stable_int(*parts: str) -> int:
+    """A platform- and run-independent integer from strings (never Python's salted ``hash``): for deriving tasks."""
+    return int(hashlib.sha256("\x1f".join(parts).encode()).hexdigest(), 16)
 
 
 class TaskCache:
@@ -82,7 +89,7 @@ class Environment(ABC):
         """Apply an action (the text after ``Action:``) and return the result.
 
         An action the environment cannot parse is not an error: it returns the invalid-action feedback as the
-        observation with reward 0 and ``info["invalid"] = True``.
+        observation with reward 0 and ``invalid=True``.
         """
 
     def interrupt(self) -> None:  # noqa: B027 - optional hook
@@ -100,6 +107,98 @@ class Environment(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+FINAL_OBSERVATION = "Answer received; the task is over."
+
+
+class EpisodeEnv(Environment):
+    """The base of an environment instance: owns the episode's bookkeeping, so a family writes only its own actions.
+
+    In the spirit of Gymnasium's ``OrderEnforcing`` and ``TimeLimit`` wrappers, it owns:
+
+    - the task check and reset before step: ``reset(task)`` refuses a task of another family, frees the previous
+      episode (:meth:`release`) and calls the family's :meth:`start`; ``step`` before ``reset`` or after the end
+      raises ``RuntimeError``;
+    - the turn counter and the budget: every action, valid or not, uses a turn (:attr:`turns`); the step that spends
+      :attr:`max_turns` without ending the task comes back ``truncated`` with reward 0 and ``success=False``;
+    - the stripped action: :meth:`act` gets the text with surrounding whitespace removed;
+    - the results: :meth:`invalid` (the family's invalid-action feedback, ``invalid=True``, reward 0, the reason in
+      ``info["reason"]``) and :meth:`final` (the task ended: reward, ``success``, the final observation);
+    - closing: ``close()`` is idempotent and never runs under a running ``reset``/``step`` (a ``_busy`` lock): from
+      another thread it calls :meth:`interrupt` and waits for the call to return, then calls :meth:`release`.
+
+    A family implements :meth:`start` and :meth:`act`, and :meth:`release` and :meth:`interrupt` if it holds
+    resources or runs long calls. ``self.task`` is the running task.
+    """
+
+    def __init__(self, definition: EnvDefinition):
+        self.definition = definition
+        self.task: Task | None = None
+        self.turns = 0
+        self._done = True
+        # held by a running call (reset, step, close); interrupt() never takes it, so it can reach a running call
+        self._busy = threading.RLock()
+
+    @property
+    def max_turns(self) -> int:
+        """The turn budget of an episode: the family's ``max_turns``."""
+        return self.definition.max_turns
+
+    # --- what a family implements ------------------------------------------------------------------------------
+    @abstractmethod
+    def start(self, task: Task) -> str:
+        """Set up a fresh state for ``task`` (the previous episode is already released) and return the first
+        observation."""
+
+    @abstractmethod
+    def act(self, action: str) -> StepResult:
+        """Apply one action (stripped) and return its result: an observation, :meth:`invalid` or :meth:`final`."""
+
+    def release(self) -> None:  # noqa: B027 - optional hook
+        """Free the episode's resources (never called under a running call; may be called more than once)."""
+
+    # --- what the base gives -----------------------------------------------------------------------------------
+    def invalid(self, reason: str) -> StepResult:
+        """The invalid-action result: the family's feedback, reward 0, ``invalid=True``; the episode goes on."""
+        return StepResult(self.definition.invalid_action(reason), 0.0, invalid=True, info={"reason": reason})
+
+    def final(self, reward: float, success: bool, observation: str = FINAL_OBSERVATION, **info: Any) -> StepResult:
+        """The result that ends the task (``terminated``); ``info`` records extras such as the given answer. The
+        default observation does not say whether the answer was right: it is never shown to a policy anyway."""
+        return StepResult(observation, float(reward), terminated=True, success=success, info=info)
+
+    def reset(self, task: Task) -> str:
+        if task.env != self.definition.id:
+            raise ValueError(f"task {task.id} belongs to {task.env}, not {self.definition.id}")
+        with self._busy:
+            self.close()
+            observation = self.start(task)
+            self.task, self.turns, self._done = task, 0, False
+            return observation
+
+    def step(self, action: str) -> StepResult:
+        with self._busy:
+            if self._done or self.task is None:
+                raise RuntimeError("the episode is over or was never started: call reset(task) first")
+            self.turns += 1
+            result = self.act(action.strip())
+            if not result.terminated and self.turns >= self.max_turns:  # the budget is spent: truncated, failed
+                result = replace(result, reward=0.0, truncated=True, success=False)
+            self._done = result.terminated or result.truncated
+            return result
+
+    def close(self) -> None:
+        """Free the episode. Safe to call twice; if a call is running on another thread, it is interrupted and
+        waited for first (freeing a resource under a running call, such as a SQLite connection, can crash)."""
+        if not self._busy.acquire(blocking=False):
+            self.interrupt()
+            self._busy.acquire()
+        try:
+            self._done = True
+            self.release()
+        finally:
+            self._busy.release()
 
 
 class EnvDefinition(ABC):
@@ -210,19 +309,13 @@ def register(definition: EnvDefinition) -> EnvDefinition:
     return definition
 
 
-def _load_builtin() -> None:
-    from agenttuning.envs import db, kg
-
-    register(db.definition())
-    register(kg.definition())
-
-
 def _load_entry_points() -> None:
+    """Register every family named in the ``agenttuning.envs`` entry points: the built-in ones (declared in
+    ``pyproject.toml``) exactly as a third party's."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    _load_builtin()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         obj = ep.load()
         definition = obj() if callable(obj) and not isinstance(obj, EnvDefinition) else obj
@@ -242,7 +335,8 @@ def get(env_id: str) -> EnvDefinition:
     _load_entry_points()
     m = _ID.match(env_id)
     if not m or m["name"] not in _REGISTRY:
-        names = ", ".join(sorted(_REGISTRY)) or "none"
+        names = ", ".join(sorted(_REGISTRY)) or (
+            "none: environments register through entry points, so install the package (pip install -e .)")
         raise KeyError(f"unknown environment {env_id!r} (registered: {names})")
     d = _REGISTRY[m["name"]]
     if m["version"] is not None and int(m["version"]) != d.version:

@@ -190,7 +190,7 @@ def check_env(env: EnvDefinition, *, max_tasks: int | None = None, concurrency: 
                 _require(isinstance(r, StepResult), "step must return a StepResult")
                 _require(isinstance(r.observation, str) and r.observation, "invalid action needs feedback text")
                 _require(r.reward == 0 and not r.terminated, f"invalid action {garbage!r} must not end or score")
-                _require(r.info.get("invalid") is True, f"invalid action {garbage!r} must set info['invalid']")
+                _require(r.invalid is True, f"invalid action {garbage!r} must set invalid=True")
         finally:
             first.close()
             first.close()  # closing twice is allowed

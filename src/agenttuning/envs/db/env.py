@@ -20,7 +20,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from agenttuning.envs.base import Environment, StepResult, truncate_at_budget
+from agenttuning.envs.base import EpisodeEnv, StepResult
 from agenttuning.envs.db import data, grading
 from agenttuning.envs.db.guards import (  # noqa: F401 - re-exported: the guards' names as this module had them
     MAX_SQL_CHARS,
@@ -107,45 +107,29 @@ def text_problem(text: str) -> str | None:
     return None
 
 
-class DbEnv(Environment):
+class DbEnv(EpisodeEnv):
     """One episode of the ``db`` environment (create one per episode; used from one thread at a time).
 
-    Every action, valid or not, uses a turn; when :attr:`DbDefinition.max_turns` turns pass without an answer the
-    episode is truncated with reward 0 (a change made but never confirmed with ``Answer`` is not graded).
+    :class:`EpisodeEnv` owns the bookkeeping: every action, valid or not, uses a turn; when
+    :attr:`DbDefinition.max_turns` turns pass without an answer the episode is truncated with reward 0 (a change made
+    but never confirmed with ``Answer`` is not graded); ``close()`` never runs under a running statement.
     """
 
+    definition: DbDefinition
+
     def __init__(self, definition: DbDefinition):
-        self._definition = definition
+        super().__init__(definition)
         self._conn: sqlite3.Connection | None = None
         self._authorizer: Authorizer | None = None
-        self._task: Task | None = None
-        self._turns = 0
-        self._done = True
         self._stop = threading.Event()  # set by interrupt(); every budget of this episode checks it
-        # held by a running call (reset, step, close); interrupt() never takes it, so it can reach a running call
-        self._busy = threading.RLock()
         self._conn_lock = threading.Lock()  # orders interrupt() against the connection being replaced or closed
 
-    def reset(self, task: Task) -> str:
-        if task.env != self._definition.id:
-            raise ValueError(f"task {task.id} belongs to {task.env}, not {self._definition.id}")
-        with self._busy:
-            self.close()
-            conn, authorizer = guarded_copy()
-            with self._conn_lock:
-                self._conn, self._authorizer = conn, authorizer
-            self._stop.clear()
-            self._task, self._turns, self._done = task, 0, False
-        return self._definition.observation(task.instruction)
-
-    def step(self, action: str) -> StepResult:
-        with self._busy:
-            if self._done or self._conn is None or self._task is None:
-                raise RuntimeError("the episode is over or was never started: call reset(task) first")
-            self._turns += 1
-            result = truncate_at_budget(self._act(action.strip()), self._turns, self._definition.max_turns)
-            self._done = result.terminated or result.truncated
-            return result
+    def start(self, task: Task) -> str:
+        conn, authorizer = guarded_copy()
+        with self._conn_lock:
+            self._conn, self._authorizer = conn, authorizer
+        self._stop.clear()
+        return self.definition.observation(task.instruction)
 
     def interrupt(self) -> None:
         """Stop the running statement or grading (from any thread): the step returns the too-long feedback."""
@@ -154,38 +138,35 @@ class DbEnv(Environment):
             if self._conn is not None:
                 self._conn.interrupt()  # the one sqlite3 call that is safe from another thread
 
-    def _act(self, action: str) -> StepResult:
+    def act(self, action: str) -> StepResult:
         problem = text_problem(action)
         if problem is not None:
-            return self._invalid(problem)
+            return self.invalid(problem)
         m = _WORD.match(action)
         word = " ".join(m.group(1).lower().split()) if m else ""
         if word == "operation":
             block = _SQL_BLOCK.search(action)
             if block is None:
-                return self._invalid("an Operation needs its SQL statement in a ```sql ... ``` block")
+                return self.invalid("an Operation needs its SQL statement in a ```sql ... ``` block")
             if len(block.group(1)) > MAX_SQL_CHARS:
-                return self._invalid(f"the ```sql``` block is longer than {MAX_SQL_CHARS} characters")
+                return self.invalid(f"the ```sql``` block is longer than {MAX_SQL_CHARS} characters")
             sql = first_statement(block.group(1))
             if not sql.strip(" ;\n\t"):
-                return self._invalid("the ```sql``` block is empty")
+                return self.invalid("the ```sql``` block is empty")
             assert self._conn is not None
             observation, failed = run_statement(self._conn, sql, stop=self._stop)
             return StepResult(observation, info={"sql": sql, "error": failed})
         if word in ("answer", "final answer"):
             text = grading.answer_text(action)
             if text is None:
-                return self._invalid("an Answer must give 'Final Answer: [...]'")
+                return self.invalid("an Answer must give 'Final Answer: [...]'")
             return self._grade(text)
         shown = action.splitlines()[0][:40] if action else ""
-        return self._invalid(f"unknown action {shown!r}; use 'Operation' with a ```sql``` block or 'Answer'")
-
-    def _invalid(self, reason: str) -> StepResult:
-        return StepResult(self._definition.invalid_action(reason), 0.0, info={"invalid": True, "reason": reason})
+        return self.invalid(f"unknown action {shown!r}; use 'Operation' with a ```sql``` block or 'Answer'")
 
     def _grade(self, text: str) -> StepResult:
-        assert self._task is not None and self._conn is not None
-        payload: dict[str, Any] = self._task.payload
+        assert self.task is not None and self._conn is not None
+        payload: dict[str, Any] = self.task.payload
         given = grading.parse_answer(text)
         if payload["kind"] == "select":
             gold = grading.gold_rows(payload["answer"])
@@ -194,10 +175,7 @@ class DbEnv(Environment):
             success = pristine_hash(payload["table"]) == payload["table_hash"]
         else:
             success = self._table_matches(payload["table"], payload["table_hash"])
-        reward = 1.0 if success else 0.0
-        # the final observation does not say whether the answer was right: it is never shown to a policy anyway
-        info = {"success": success, "answer": given}
-        return StepResult("Answer received; the task is over.", reward, terminated=True, info=info)
+        return self.final(1.0 if success else 0.0, success, answer=given)
 
     def _table_matches(self, table: str, want: str) -> bool:
         """Hash the agent's table under a budget: it may be a view over a runaway query, or be gone."""
@@ -235,17 +213,9 @@ class DbEnv(Environment):
         finally:
             self._conn.set_progress_handler(None, 0)
 
-    def close(self) -> None:
-        """Free the connection. Safe to call twice; if a call is running on another thread, it is interrupted and
-        waited for first (closing a connection under a running statement crashes the process)."""
-        if not self._busy.acquire(blocking=False):
-            self.interrupt()
-            self._busy.acquire()
-        try:
-            with self._conn_lock:
-                conn, self._conn = self._conn, None
-            if conn is not None:
-                conn.close()
-            self._done = True
-        finally:
-            self._busy.release()
+    def release(self) -> None:
+        """Free the connection (the base calls this only when no statement is running)."""
+        with self._conn_lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()

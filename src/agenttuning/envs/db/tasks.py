@@ -18,8 +18,9 @@ import sqlite3
 from collections import defaultdict
 from typing import Any
 
+from agenttuning.envs.base import stable_int
 from agenttuning.envs.db import data, grading
-from agenttuning.envs.db.templates import TEMPLATE_SOURCES, Candidate, World, stable_int
+from agenttuning.envs.db.templates import TEMPLATE_SOURCES, Candidate, World
 from agenttuning.schema import Task, normalise_text
 
 TEST_PERCENT = 20  # share of entities in the test split

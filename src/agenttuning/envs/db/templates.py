@@ -8,13 +8,14 @@ unambiguous answer; a change that really changes rows) is decided in :mod:`.task
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
+
+from agenttuning.envs.base import stable_int
 
 Kind = Literal["select", "insert", "update", "delete"]
 
@@ -31,11 +32,6 @@ class Candidate:
     ordered: bool = False
     tie_sql: str | None = None  # returns the ordering keys of the top k+1 rows: they must all differ
     scope: tuple[str, str, str] | None = None  # mutations: (table, column, value) holding every changed row
-
-
-def stable_int(*parts: str) -> int:
-    """A platform- and run-independent integer from strings (never Python's salted ``hash``)."""
-    return int(hashlib.sha256("\x1f".join(parts).encode()).hexdigest(), 16)
 
 
 def q(value: str) -> str:

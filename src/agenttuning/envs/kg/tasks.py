@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 
+from agenttuning.envs.base import stable_int
 from agenttuning.envs.kg.data import Graph
 from agenttuning.envs.kg.templates import TEMPLATES, Candidate
 from agenttuning.schema import Task, normalise_text
@@ -24,11 +25,6 @@ from agenttuning.schema import Task, normalise_text
 TEST_PERCENT = 25  # share of entities in the test split
 CAP = {"train": 36, "test": 14}  # questions kept per template and split
 MAX_ANSWER = 20  # larger gold sets are dropped
-
-
-def stable_int(*parts: str) -> int:
-    """A platform- and run-independent integer from strings (never Python's salted ``hash``)."""
-    return int(hashlib.sha256("\x1f".join(parts).encode()).hexdigest(), 16)
 
 
 def split_of(key: str) -> str:
