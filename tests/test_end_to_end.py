@@ -58,10 +58,10 @@ def test_rollout_filter_prepare_train_then_act(tmp_path):
 
 def test_packed_rows_are_refused_for_training(tmp_path):
     from agenttuning.jsonl import RecordError
-    from agenttuning.train.data import load_examples
+    from agenttuning.train.data import load_token_table
 
     (tmp_path / "p.jsonl").write_text(json.dumps({"input_ids": [1, 2], "labels": [-100, 2], "position_ids": [0, 1],
                                                   "seq_lens": [2]}) + "\n")
     with pytest.raises(RecordError, match="--no-pack") as e:
-        load_examples(tmp_path / "p.jsonl", max_len=16)
+        load_token_table(tmp_path / "p.jsonl", max_len=16)
     assert str(e.value).startswith(f"{tmp_path / 'p.jsonl'}:1:")

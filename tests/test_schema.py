@@ -1,21 +1,14 @@
-"""The data model: conversions to AgentInstruct and OpenAI messages, lossless where the target can hold it."""
+"""The data model, and its conversions (in :mod:`agenttuning.data.formats`) to AgentInstruct and OpenAI messages,
+lossless where the target can hold it."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from agenttuning.schema import (
-    SCHEMA_VERSION,
-    Step,
-    Task,
-    Trajectory,
-    Turn,
-    from_agentinstruct,
-    step_from_reply,
-    to_agentinstruct,
-    to_openai_record,
-)
+from agenttuning.data.formats import to_agentinstruct_record, to_openai_record, trajectory_from_agentinstruct
+from agenttuning.rollout.react import step_from_reply
+from agenttuning.schema import SCHEMA_VERSION, Step, Task, Trajectory, Turn
 
 CONTEXT = [
     Turn(role="user", content="You operate a database. Reply with Thought and Action."),
@@ -39,7 +32,7 @@ def make_traj(**kw) -> Trajectory:
 
 
 def test_agentinstruct_layout_matches_the_published_dataset():
-    rec = to_agentinstruct(make_traj())
+    rec = to_agentinstruct_record(make_traj())
     assert list(rec) == ["id", "conversations"] and rec["id"] == "db-train-00001"
     convs = rec["conversations"]
     assert [c["from"] for c in convs] == ["human", "gpt", "human", "gpt", "human", "gpt", "human", "gpt"]
@@ -53,9 +46,9 @@ def test_agentinstruct_layout_matches_the_published_dataset():
 
 def test_agentinstruct_round_trip_is_lossless():
     traj = make_traj()
-    rec = to_agentinstruct(traj)
-    back = from_agentinstruct(rec, env="db-v1")
-    assert to_agentinstruct(back) == rec
+    rec = to_agentinstruct_record(traj)
+    back = trajectory_from_agentinstruct(rec, env="db-v1")
+    assert to_agentinstruct_record(back) == rec
     assert back.context == traj.context
     assert [(s.thought, s.action) for s in back.steps] == [(s.thought, s.action) for s in traj.steps]
     assert back.steps[0].observation == "[('Paris',)]"
@@ -77,11 +70,11 @@ def test_openai_record_keeps_roles_and_loss_flags():
 
 def test_malformed_agentinstruct_records_are_rejected_with_a_reason():
     with pytest.raises(ValueError, match="non-empty list"):
-        from_agentinstruct({"id": "x", "conversations": []})
+        trajectory_from_agentinstruct({"id": "x", "conversations": []})
     with pytest.raises(ValueError, match=r"conversations\[0\]"):
-        from_agentinstruct({"id": "x", "conversations": [{"from": "system", "value": "hi"}]})
+        trajectory_from_agentinstruct({"id": "x", "conversations": [{"from": "system", "value": "hi"}]})
     with pytest.raises(ValueError, match="human turn cannot carry loss"):
-        from_agentinstruct({"id": "x", "conversations": [{"from": "human", "value": "hi", "loss": True}]})
+        trajectory_from_agentinstruct({"id": "x", "conversations": [{"from": "human", "value": "hi", "loss": True}]})
 
 
 def test_records_are_frozen_and_versioned():

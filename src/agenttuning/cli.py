@@ -328,9 +328,9 @@ def prepare(
     t.add_row("tokenise+mask+pack", f"{r.tokens_per_s:,.0f} tokens/s")
     console.print(t)
     if show:
-        from agenttuning.tokens.prepare import load_tokenizer
+        from agenttuning.tokens.prepare import load_tokenizer_by_name
 
-        tok = load_tokenizer(tokenizer)
+        tok = load_tokenizer_by_name(tokenizer)
         for ex, enc in list(zip(r.examples, r.encoded))[:show]:
             console.rule(f"{ex.id} [{ex.source}/{ex.family}] {len(enc.input_ids)} tokens, {enc.num_trained} trained")
             console.print(visualize(enc, tok, max_tokens=2000))
@@ -455,9 +455,9 @@ def eval_(
     console.print(f"[dim]{out / 'results.json'}[/]")
 
 
-@app.command()
+@app.command("score")
 @_friendly
-def score(
+def overall_score(
     results: Annotated[list[str], typer.Argument(help="NAME=path/to/results.json for each model compared.")],
     metric: Annotated[str, typer.Option(help="mean_reward or success_rate.")] = "mean_reward",
     normalisers: Annotated[Path | None, typer.Option(help="Fixed normalisers JSON {env_id: value}.")] = None,
@@ -494,14 +494,14 @@ def pipeline(
     Extra arguments override config keys: ``agenttuning pipeline cfg.yaml mix.eta=0.5 out=runs/x``.
     """
     from agenttuning.pipeline import load_pipeline_config, run_pipeline
-    from agenttuning.pipeline.run import headline_table, stages_table
+    from agenttuning.pipeline.run import headline_console_table, stages_table
 
     _library_progress(progress)
     config, overrides = _config_and_overrides(config, list(ctx.args))
     cfg = load_pipeline_config(config, overrides)
     run = run_pipeline(cfg, console=err, progress=progress)
     console.print(stages_table(run))
-    console.print(headline_table(run))
+    console.print(headline_console_table(run))
     if run.report is not None:
         console.print(f"report: [bold]{run.out / 'report' / 'report.html'}[/] (and report.md, trajectories.html)")
 
@@ -535,8 +535,8 @@ def sweep(
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
 ) -> None:
     """The paper's ablations in shape: the pipeline over eta values, and filtered vs unfiltered trajectories."""
-    from agenttuning.pipeline import apply_overrides, load_pipeline_config, run_sweep
-    from agenttuning.pipeline.run import headline_table, stages_table
+    from agenttuning.pipeline import apply_pipeline_overrides, load_pipeline_config, run_sweep
+    from agenttuning.pipeline.run import headline_console_table, stages_table
 
     config, overrides = _config_and_overrides(config, list(ctx.args))
     if eta is not None:
@@ -544,10 +544,10 @@ def sweep(
     if unfiltered is not None:
         overrides.append(f"sweep.unfiltered={str(unfiltered).lower()}")
     _library_progress(progress)
-    cfg = apply_overrides(load_pipeline_config(config), overrides)
+    cfg = apply_pipeline_overrides(load_pipeline_config(config), overrides)
     run = run_sweep(cfg, console=err, progress=progress)
     console.print(stages_table(run))
-    console.print(headline_table(run))
+    console.print(headline_console_table(run))
     if run.report is not None:
         console.print(f"report: [bold]{run.out / 'report' / 'report.html'}[/]")
 

@@ -2,7 +2,9 @@
 
 Records are frozen pydantic models with a schema version. A trajectory holds everything needed to rebuild the exact
 conversation the policy saw (its in-context prefix, the first observation and every step), so the training
-conversation is *derived* from it (:func:`to_agentinstruct`) and never stored twice.
+conversation is *derived* from it (:func:`conversation`) and never stored twice. Record layouts (AgentInstruct,
+ShareGPT, OpenAI messages) are converted in :mod:`agenttuning.data.formats`; this module imports nothing from the
+other packages.
 
 The AgentInstruct layout (Zeng et al., 2023, section 2.1) is ``{"id", "conversations": [{"from", "value", "loss"}]}``
 with ``from`` in ``human``/``gpt`` and ``loss`` null on human turns, false on in-context gpt turns (the "Ok."
@@ -169,100 +171,9 @@ def conversation(traj: Trajectory) -> list[Turn]:
     return turns
 
 
-_FROM = {"user": "human", "assistant": "gpt"}
-_ROLE = {"human": "user", "gpt": "assistant"}
-
-
-def to_agentinstruct(traj: Trajectory) -> dict[str, Any]:
-    """Trajectory -> one AgentInstruct record ``{"id", "conversations": [{"from", "value", "loss"}]}``."""
-    return {
-        "id": traj.task.id,
-        "conversations": [
-            {"from": _FROM[t.role], "loss": None if t.role != "assistant" else bool(t.loss), "value": t.content}
-            for t in conversation(traj)
-        ],
-    }
-
-
-def turns_from_agentinstruct(record: dict[str, Any]) -> list[Turn]:
-    """Validate an AgentInstruct record and return its turns (ValueError says what is wrong)."""
-    convs = record.get("conversations")
-    if not isinstance(convs, list) or not convs:
-        raise ValueError("'conversations' must be a non-empty list")
-    turns = []
-    for i, c in enumerate(convs):
-        if not isinstance(c, dict) or c.get("from") not in _ROLE or not isinstance(c.get("value"), str):
-            raise ValueError(f"conversations[{i}] needs 'from' in human/gpt and a string 'value'")
-        role = _ROLE[c["from"]]
-        loss = c.get("loss")
-        if role == "user" and loss not in (None, False):
-            raise ValueError(f"conversations[{i}]: a human turn cannot carry loss={loss!r}")
-        turns.append(Turn(role=role, content=c["value"], loss=None if role == "user" else bool(loss)))
-    return turns
-
-
-def from_agentinstruct(
-    record: dict[str, Any],
-    *,
-    env: str = "unknown",
-    split: Literal["train", "test"] = "train",
-    reward: float = 1.0,
-    success: bool = True,
-    policy: str = "agentinstruct",
-) -> Trajectory:
-    """AgentInstruct record -> Trajectory (the inverse of :func:`to_agentinstruct` on what the layout holds).
-
-    The layout holds no rewards; the published data keeps only successful trajectories, hence the defaults.
-    The last observation, which the layout drops, comes back as ''.
-    """
-    turns = turns_from_agentinstruct(record)
-    first_trained = next((i for i, t in enumerate(turns) if t.role == "assistant" and t.loss), len(turns))
-    if first_trained == 0 or turns[first_trained - 1].role != "user":
-        raise ValueError("the first trained gpt turn must follow a human turn (the task)")
-    context, task_turn, rest = turns[: first_trained - 1], turns[first_trained - 1], turns[first_trained:]
-    steps: list[Step] = []
-    for j in range(0, len(rest), 2):
-        reply = rest[j]
-        if reply.role != "assistant" or not reply.loss:
-            raise ValueError("after the task, turns must alternate trained gpt replies and human observations")
-        obs = rest[j + 1].content if j + 1 < len(rest) else ""
-        if j + 1 < len(rest) and rest[j + 1].role != "user":
-            raise ValueError("after the task, turns must alternate trained gpt replies and human observations")
-        steps.append(step_from_reply(reply.content, observation=obs))
-    task = Task(id=str(record.get("id", "")), env=env, split=split, instruction=task_turn.content)
-    return Trajectory(
-        task=task,
-        policy=policy,
-        context=context,
-        initial_observation=task_turn.content,
-        steps=steps,
-        reward=reward,
-        success=success,
-    )
-
-
-def step_from_reply(reply: str, *, observation: str, **fields: Any) -> Step:
-    """A Step for a reply, keeping the verbatim text only when it differs from the canonical rendering."""
-    from agenttuning.rollout.react import ParseError, parse_reply
-
-    try:
-        parsed = parse_reply(reply)
-        thought, action, error = parsed.thought, parsed.action, None
-    except ParseError as e:
-        thought, action, error = reply, "", str(e)
-    raw = None if error is None and render_reply(thought, action) == reply else reply
-    return Step(thought=thought, action=action, observation=observation, raw=raw, parse_error=error, **fields)
-
-
 def to_openai_messages(turns: list[Turn]) -> list[dict[str, str]]:
     """Turns -> OpenAI chat ``messages`` (the loss flags are not part of that format)."""
     return [{"role": t.role, "content": t.content} for t in turns]
-
-
-def to_openai_record(traj: Trajectory) -> dict[str, Any]:
-    """Trajectory -> ``{"id", "messages": [...], "loss": [...]}``: OpenAI messages plus the per-turn loss flags."""
-    turns = conversation(traj)
-    return {"id": traj.task.id, "messages": to_openai_messages(turns), "loss": [t.loss for t in turns]}
 
 
 _WS = re.compile(r"\s+")

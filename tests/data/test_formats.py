@@ -17,6 +17,7 @@ from agenttuning.data.formats import (
     read_openai,
     read_sharegpt,
     to_agentinstruct_record,
+    to_openai_record,
     write_agentinstruct,
     write_examples,
     write_openai,
@@ -24,7 +25,7 @@ from agenttuning.data.formats import (
 )
 from agenttuning.data.rows import write_rows
 from agenttuning.jsonl import RecordError
-from agenttuning.schema import Turn, conversation, to_agentinstruct, to_openai_record
+from agenttuning.schema import Turn, conversation
 
 # --------------------------------------------------------------------------------------------------------------
 # AgentInstruct
@@ -35,14 +36,14 @@ def test_trajectory_to_example_is_the_derived_conversation(db_trajectories):
     ex = from_trajectory(t)
     assert (ex.id, ex.source, ex.family) == (t.task.id, "agent", "db")
     assert ex.turns == conversation(t)
-    assert to_agentinstruct_record(ex) == to_agentinstruct(t)  # the same record as the schema's own conversion
+    assert to_agentinstruct_record(ex) == to_agentinstruct_record(t)  # the example's record is the trajectory's
 
 
 def test_agentinstruct_jsonl_round_trip_is_byte_identical(db_trajectories, tmp_path):
     written = write_agentinstruct(db_trajectories, tmp_path / "a")
     assert written == {"db": 20} and sorted(p.name for p in (tmp_path / "a").iterdir()) == ["db.jsonl"]
     lines = (tmp_path / "a" / "db.jsonl").read_text().splitlines()
-    assert [json.loads(x) for x in lines] == [to_agentinstruct(t) for t in db_trajectories]
+    assert [json.loads(x) for x in lines] == [to_agentinstruct_record(t) for t in db_trajectories]
     first = json.loads(lines[0])["conversations"]
     assert [c["loss"] for c in first[:4]] == [None, False, None, False]  # instructions, Ok., one-shot
     assert first[-1]["from"] == "gpt" and first[-1]["loss"] is True
@@ -70,7 +71,7 @@ def test_agentinstruct_parquet_has_the_published_schema_and_round_trips(db_traje
 
 def test_published_file_names_and_json_list(db_trajectories, tmp_path):
     """A snapshot of the HF repo: data/<family>-00000-of-00001-<hash>.parquet, README beside; plus a JSON list."""
-    recs = [to_agentinstruct(t) for t in db_trajectories]
+    recs = [to_agentinstruct_record(t) for t in db_trajectories]
     write_rows(tmp_path / "hf" / "data" / "db-00000-of-00001-916a87c4725da8c0.parquet", recs[:10],
                schema=agentinstruct_schema())  # fmt: skip
     write_rows(tmp_path / "hf" / "data" / "os-00000-of-00001-971539c34fcc7500.json", recs[10:])

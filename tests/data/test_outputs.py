@@ -20,7 +20,7 @@ from agenttuning.eval.general import load_general_examples
 from agenttuning.jsonl import AppendWriter, RecordError
 from agenttuning.schema import Turn
 from agenttuning.tokens.offline import llama3_tokenizer
-from agenttuning.tokens.prepare import load_examples, prepare
+from agenttuning.tokens.prepare import read_examples_any_layout, prepare
 from tests.data.builders import make_traj
 
 NO_INDEX = ContaminationIndex.build([])
@@ -203,7 +203,7 @@ def test_invalid_utf8_in_a_json_list_names_file_and_line(tmp_path):
     with pytest.raises(RecordError, match=r"chat\.json:3: invalid UTF-8"):
         load_general_examples(bad)
     with pytest.raises(RecordError, match=r"chat\.json:3: invalid UTF-8"):
-        load_examples(bad)
+        read_examples_any_layout(bad)
 
 
 def test_deeply_nested_json_names_the_file_not_a_recursion_traceback(tmp_path):
@@ -223,10 +223,10 @@ def test_records_of_the_wrong_shape_are_named_by_file_and_row(tmp_path):
     with pytest.raises(RecordError, match=r"nums\.json:1: row 1: expected a JSON object, got int"):
         load_general_examples(tmp_path / "nums.json")  # was a TypeError with no place, a traceback in the CLI
     with pytest.raises(RecordError, match=r"nums\.json:1: row 1: expected a JSON object"):
-        load_examples(tmp_path / "nums.json")
+        read_examples_any_layout(tmp_path / "nums.json")
     (tmp_path / "odd.jsonl").write_text('\n{"text": "hi"}\n')
     with pytest.raises(RecordError, match=r"odd\.jsonl:2: unrecognised record layout"):
-        load_examples(tmp_path / "odd.jsonl")
+        read_examples_any_layout(tmp_path / "odd.jsonl")
     with pytest.raises(RecordError, match=r"odd\.jsonl:2: the record has none of"):
         load_general_examples(tmp_path / "odd.jsonl")
 
@@ -236,7 +236,8 @@ def test_example_records_read_from_any_container(tmp_path):
     write_sharegpt(examples, tmp_path / "sg.json")
     write_examples(examples, tmp_path / "ex.jsonl")
     (tmp_path / "ex.json").write_text(json.dumps([e.model_dump(mode="json") for e in examples]))
-    assert load_examples(tmp_path / "ex.json")[0] == load_examples(tmp_path / "ex.jsonl")[0] == examples
+    assert read_examples_any_layout(tmp_path / "ex.json")[0] == examples
+    assert read_examples_any_layout(tmp_path / "ex.jsonl")[0] == examples
     assert load_general_examples(tmp_path / "ex.json") == examples
 
 

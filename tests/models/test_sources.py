@@ -297,15 +297,15 @@ def test_concurrent_processes_convert_once(tiny_gguf: Path, tmp_path: Path, caps
 
 def test_loaders_accept_a_gguf(tiny_gguf: Path) -> None:
     from agenttuning.policies.hf import HFPolicy
-    from agenttuning.tokens.prepare import load_tokenizer
+    from agenttuning.tokens.prepare import load_tokenizer_by_name
     from agenttuning.train.config import ConfigError, TrainConfig
     from agenttuning.train.model import load_model
-    from agenttuning.train.model import load_tokenizer as train_tokenizer
+    from agenttuning.train.model import load_training_tokenizer as train_tokenizer
 
     folder = resolve_model(str(tiny_gguf))
     policy = HFPolicy(str(tiny_gguf), device="cpu", max_new_tokens=4)
     assert policy.model.name_or_path == folder and policy.tokenizer.chat_template
-    assert load_tokenizer(str(tiny_gguf)).name_or_path == folder
+    assert load_tokenizer_by_name(str(tiny_gguf)).name_or_path == folder
     cfg = TrainConfig(model=str(tiny_gguf), agent_data="a", general_data="g", output_dir="o", precision="fp32",
                       max_steps=1)
     model = load_model(cfg)

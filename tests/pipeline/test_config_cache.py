@@ -10,7 +10,7 @@ import pytest
 from agenttuning.pipeline.cache import StageDir, file_digest, stage_key
 from agenttuning.pipeline.config import (
     PipelineConfigError,
-    apply_overrides,
+    apply_pipeline_overrides,
     load_pipeline_config,
 )
 
@@ -44,9 +44,9 @@ def test_bad_configs_name_the_file_and_key(tmp_path: Path) -> None:
         load_pipeline_config(tmp_path / "missing.yaml")
     cfg = load_pipeline_config("default")
     with pytest.raises(PipelineConfigError, match="mix.eta"):
-        apply_overrides(cfg, ["mix.eta=1.5"])
+        apply_pipeline_overrides(cfg, ["mix.eta=1.5"])
     with pytest.raises(PipelineConfigError, match="expected KEY=VALUE"):
-        apply_overrides(cfg, ["mix.eta"])
+        apply_pipeline_overrides(cfg, ["mix.eta"])
 
 
 def test_stage_key_depends_on_every_part() -> None:

@@ -7,11 +7,12 @@ import json
 
 import pytest
 
+from agenttuning.data.formats import to_agentinstruct_record
 from agenttuning.jsonl import read_records
 from agenttuning.policies.base import Policy, PolicyError, Reply
 from agenttuning.policies.baselines import ExpertPolicy, WrongPolicy
 from agenttuning.rollout.engine import EpisodeLimits, rollout, run_episode
-from agenttuning.schema import Trajectory, conversation, to_agentinstruct
+from agenttuning.schema import Trajectory, conversation
 from tests.toy_env import LookupDefinition
 
 
@@ -112,7 +113,7 @@ def test_rollout_writes_every_task_once_and_summarises(tmp_path):
     # every line is a complete JSON object that converts to AgentInstruct
     lines = out.read_text().splitlines()
     assert len(lines) == 30 and all(json.loads(x)["success"] for x in lines)
-    assert to_agentinstruct(trajs[0])["conversations"][-1]["loss"] is True
+    assert to_agentinstruct_record(trajs[0])["conversations"][-1]["loss"] is True
 
 
 def test_existing_output_needs_resume(tmp_path):

@@ -177,9 +177,9 @@ def test_an_existing_folder_is_replaced_or_refused(tmp_path):
 def test_every_loading_path_gives_the_same_tokenizer(tok_dir, tok):
     from transformers import PreTrainedTokenizerFast
 
-    from agenttuning.tokens.prepare import load_tokenizer
+    from agenttuning.tokens.prepare import load_tokenizer_by_name
 
-    loaded = load_tokenizer(str(tok_dir))
+    loaded = load_tokenizer_by_name(str(tok_dir))
     direct = PreTrainedTokenizerFast.from_pretrained(tok_dir)
     saved = (tok_dir / "tokenizer.json").read_text(encoding="utf-8")
     text = "\n".join(TRICKY)

@@ -15,7 +15,7 @@ from agenttuning.data.outputs import EmptyOutputError
 from agenttuning.schema import Turn
 from agenttuning.tokens.masks import IGNORE_INDEX
 from agenttuning.tokens.offline import llama3_tokenizer
-from agenttuning.tokens.prepare import detect_layout, load_examples, prepare
+from agenttuning.tokens.prepare import detect_layout, read_examples_any_layout, prepare
 
 
 def ex(i: int, *, source="general", family="chat", replies=("Sure.",), flags=None) -> Example:
@@ -92,8 +92,8 @@ def test_every_layout_is_detected_and_read(tmp_path, tok):
     examples = [ex(i, source="agent", family="db") for i in range(3)]
     write_agentinstruct(examples, tmp_path / "ai")
     write_sharegpt([ex(i) for i in range(3)], tmp_path / "sg.jsonl")
-    assert len(load_examples(tmp_path / "ai")[0]) == 3
-    assert [e.source for e in load_examples(tmp_path / "sg.jsonl")[0]] == ["general"] * 3
+    assert len(read_examples_any_layout(tmp_path / "ai")[0]) == 3
+    assert [e.source for e in read_examples_any_layout(tmp_path / "sg.jsonl")[0]] == ["general"] * 3
     assert detect_layout({"messages": []}) == "openai"
     assert detect_layout({"task": {}, "steps": []}) == "trajectories"
     with pytest.raises(ValueError, match="unrecognised"):

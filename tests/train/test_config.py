@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agenttuning.train.config import ConfigError, TrainConfig, apply_overrides, load_config, save_config
+from agenttuning.train.config import ConfigError, TrainConfig, apply_train_overrides, load_config, save_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 REQUIRED = ["model=m", "agent_data=a.parquet", "general_data=g.jsonl", "max_steps=3", "batch_size=4"]
@@ -54,9 +54,9 @@ def test_yaml_file_round_trip(tmp_path):
         load_config(path)
 
 
-def test_apply_overrides_revalidates():
+def test_apply_train_overrides_revalidates():
     cfg = load_config(None, REQUIRED)
-    assert apply_overrides(cfg, ["max_steps=null", "epochs=1.5"]).epochs == 1.5
+    assert apply_train_overrides(cfg, ["max_steps=null", "epochs=1.5"]).epochs == 1.5
 
 
 @pytest.mark.parametrize(("name", "size", "lr"), [("7b", "7b", 5e-5), ("13b", "13b", 5e-5), ("70b", "70b", 1e-5)])

@@ -7,13 +7,13 @@ import json
 import pytest
 
 from agenttuning.train.batches import BatchPlanner, collate, deal, eval_micro_batches
-from agenttuning.train.data import AGENT, GENERAL, TokenTable, load_examples, load_sources, split_eval
+from agenttuning.train.data import AGENT, GENERAL, TokenTable, load_token_table, load_sources, split_eval
 
 
 def test_reads_parquet_and_jsonl(data):
     agent, general = data
-    a, ra = load_examples(agent, max_len=64, name="agent")
-    g, rg = load_examples(general, max_len=64, name="general")
+    a, ra = load_token_table(agent, max_len=64, name="agent")
+    g, rg = load_token_table(general, max_len=64, name="general")
     assert (len(a), len(g)) == (24, 48) and ra.length.kept == 24 and rg.length.dropped == 0
     ex = a.example(3)
     assert len(ex.input_ids) == len(ex.labels) and ex.labels[0] == -100 and ex.labels[-1] == 2
@@ -31,10 +31,10 @@ def test_long_examples_are_cut_after_an_assistant_turn_or_dropped(tmp_path):
     ]  # fmt: skip
     path = tmp_path / "x.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    table, report = load_examples(path, max_len=8)
+    table, report = load_token_table(path, max_len=8)
     assert len(table) == 2 and table.example(0).input_ids == [0, 1, 2, 3]  # cut after the first reply
     assert (report.length.cut, report.length.dropped, report.untrained) == (1, 1, 2)
-    table, report = load_examples(path, max_len=8, policy="drop")
+    table, report = load_token_table(path, max_len=8, policy="drop")
     assert len(table) == 1 and report.length.dropped == 2
 
 
@@ -44,7 +44,7 @@ def test_rows_without_labels_are_an_error(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"input_ids": [1, 2]}\n')
     with pytest.raises(RecordError, match="bad.jsonl:1"):
-        load_examples(path, max_len=8)
+        load_token_table(path, max_len=8)
 
 
 def test_eval_split_is_seeded_disjoint_and_per_source(data):

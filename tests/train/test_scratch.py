@@ -82,7 +82,7 @@ def weights(folder):
 def test_folder_is_a_complete_hugging_face_model(model_dir, tok_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from agenttuning.tokens.prepare import load_tokenizer
+    from agenttuning.tokens.prepare import load_tokenizer_by_name
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -97,7 +97,7 @@ def test_folder_is_a_complete_hugging_face_model(model_dir, tok_dir):
     assert model.config.max_position_embeddings == tok.model_max_length == 512
     assert tok.chat_template == source.chat_template
     text = "Thought: I will query users.\n<|im_end|> 😀"
-    assert tok(text).input_ids == source(text).input_ids == load_tokenizer(str(model_dir))(text).input_ids
+    assert tok(text).input_ids == source(text).input_ids == load_tokenizer_by_name(str(model_dir))(text).input_ids
     record = json.loads((model_dir / "scratch_model.json").read_text())
     assert record["preset"] == "tiny" and record["params"] == model.num_parameters() and record["seed"] == 0
     with torch.no_grad():

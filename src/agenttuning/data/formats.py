@@ -1,5 +1,10 @@
 """The three data layouts hybrid instruction tuning reads and writes (AgentTuning sections 2.1 and 2.2).
 
+This module owns every record-layout conversion; :mod:`agenttuning.schema` keeps the data model. A trajectory
+converts through its derived conversation (:func:`agenttuning.schema.conversation`), so
+``to_agentinstruct_record(traj) == to_agentinstruct_record(from_trajectory(traj))``, and
+:func:`trajectory_from_agentinstruct` rebuilds a trajectory from a record.
+
 - **AgentInstruct**, exactly as published (HF ``THUDM/AgentInstruct``, one split per family: os, db, alfworld,
   webshop, kg, mind2web): ``{"id", "conversations": [{"from": "human"|"gpt", "loss", "value"}]}`` with ``loss`` null
   on human turns, false on in-context gpt turns and true on trained ones. Written one file per family
@@ -28,7 +33,8 @@ from typing import Any, Literal
 from agenttuning.data.example import Example, Source, from_trajectory
 from agenttuning.data.rows import data_files, read_all, write_rows
 from agenttuning.jsonl import write_atomic
-from agenttuning.schema import Trajectory, Turn, to_openai_messages, turns_from_agentinstruct
+from agenttuning.rollout.react import step_from_reply
+from agenttuning.schema import Step, Task, Trajectory, Turn, conversation, to_openai_messages
 
 AGENTINSTRUCT_FAMILIES = ("os", "db", "alfworld", "webshop", "kg", "mind2web")
 SHAREGPT_ROLES = {
@@ -37,6 +43,7 @@ SHAREGPT_ROLES = {
     "system": "system",
 }  # fmt: skip
 _SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "system": "system"}
+_AGENTINSTRUCT_ROLE = {"human": "user", "gpt": "assistant"}
 
 
 def agentinstruct_schema() -> Any:
@@ -76,15 +83,78 @@ def _id(record: dict[str, Any], default: str) -> str:
 # AgentInstruct
 
 
-def to_agentinstruct_record(ex: Example) -> dict[str, Any]:
-    """Example -> AgentInstruct record (same key order as :func:`agenttuning.schema.to_agentinstruct`)."""
+def _id_and_turns(item: Example | Trajectory) -> tuple[str, list[Turn]]:
+    """A record's id and turns: a trajectory's are its task id and derived :func:`~agenttuning.schema.conversation`."""
+    return (item.task.id, conversation(item)) if isinstance(item, Trajectory) else (item.id, item.turns)
+
+
+def to_agentinstruct_record(item: Example | Trajectory) -> dict[str, Any]:
+    """Example or trajectory -> AgentInstruct record ``{"id", "conversations": [{"from", "loss", "value"}]}``."""
+    rid, turns = _id_and_turns(item)
     convs = []
-    for i, t in enumerate(ex.turns):
+    for i, t in enumerate(turns):
         if t.role == "system":
-            raise ValueError(f"{ex.id}: turns[{i}] is a system turn, which the AgentInstruct layout cannot hold")
-        convs.append({"from": _SHAREGPT_FROM[t.role], "loss": t.loss if t.role == "assistant" else None,
+            raise ValueError(f"{rid}: turns[{i}] is a system turn, which the AgentInstruct layout cannot hold")
+        convs.append({"from": _SHAREGPT_FROM[t.role], "loss": bool(t.loss) if t.role == "assistant" else None,
                       "value": t.content})  # fmt: skip
-    return {"id": ex.id, "conversations": convs}
+    return {"id": rid, "conversations": convs}
+
+
+def turns_from_agentinstruct(record: dict[str, Any]) -> list[Turn]:
+    """Validate an AgentInstruct record and return its turns (ValueError says what is wrong)."""
+    convs = record.get("conversations")
+    if not isinstance(convs, list) or not convs:
+        raise ValueError("'conversations' must be a non-empty list")
+    turns = []
+    for i, c in enumerate(convs):
+        if not isinstance(c, dict) or c.get("from") not in _AGENTINSTRUCT_ROLE or not isinstance(c.get("value"), str):
+            raise ValueError(f"conversations[{i}] needs 'from' in human/gpt and a string 'value'")
+        role = _AGENTINSTRUCT_ROLE[c["from"]]
+        loss = c.get("loss")
+        if role == "user" and loss not in (None, False):
+            raise ValueError(f"conversations[{i}]: a human turn cannot carry loss={loss!r}")
+        turns.append(Turn(role=role, content=c["value"], loss=None if role == "user" else bool(loss)))
+    return turns
+
+
+def trajectory_from_agentinstruct(
+    record: dict[str, Any],
+    *,
+    env: str = "unknown",
+    split: Literal["train", "test"] = "train",
+    reward: float = 1.0,
+    success: bool = True,
+    policy: str = "agentinstruct",
+) -> Trajectory:
+    """AgentInstruct record -> Trajectory (the inverse of :func:`to_agentinstruct_record` on what the layout holds).
+
+    The layout holds no rewards; the published data keeps only successful trajectories, hence the defaults.
+    The last observation, which the layout drops, comes back as ''.
+    """
+    turns = turns_from_agentinstruct(record)
+    first_trained = next((i for i, t in enumerate(turns) if t.role == "assistant" and t.loss), len(turns))
+    if first_trained == 0 or turns[first_trained - 1].role != "user":
+        raise ValueError("the first trained gpt turn must follow a human turn (the task)")
+    context, task_turn, rest = turns[: first_trained - 1], turns[first_trained - 1], turns[first_trained:]
+    steps: list[Step] = []
+    for j in range(0, len(rest), 2):
+        reply = rest[j]
+        if reply.role != "assistant" or not reply.loss:
+            raise ValueError("after the task, turns must alternate trained gpt replies and human observations")
+        obs = rest[j + 1].content if j + 1 < len(rest) else ""
+        if j + 1 < len(rest) and rest[j + 1].role != "user":
+            raise ValueError("after the task, turns must alternate trained gpt replies and human observations")
+        steps.append(step_from_reply(reply.content, observation=obs))
+    task = Task(id=str(record.get("id", "")), env=env, split=split, instruction=task_turn.content)
+    return Trajectory(
+        task=task,
+        policy=policy,
+        context=context,
+        initial_observation=task_turn.content,
+        steps=steps,
+        reward=reward,
+        success=success,
+    )
 
 
 def from_agentinstruct_record(record: dict[str, Any], *, family: str, source: Source = "agent") -> Example:
@@ -205,9 +275,10 @@ def write_sharegpt(examples: Iterable[Example], path: str | os.PathLike[str]) ->
 # OpenAI messages
 
 
-def to_openai_record(ex: Example) -> dict[str, Any]:
-    """Example -> ``{"id", "messages", "loss"}``, the layout of :func:`agenttuning.schema.to_openai_record`."""
-    return {"id": ex.id, "messages": to_openai_messages(ex.turns), "loss": [t.loss for t in ex.turns]}
+def to_openai_record(item: Example | Trajectory) -> dict[str, Any]:
+    """Example or trajectory -> ``{"id", "messages": [...], "loss": [...]}``: OpenAI messages plus per-turn loss."""
+    rid, turns = _id_and_turns(item)
+    return {"id": rid, "messages": to_openai_messages(turns), "loss": [t.loss for t in turns]}
 
 
 def from_openai_record(

@@ -3,7 +3,7 @@
 from agenttuning.pipeline.config import (
     PipelineConfig,
     PipelineConfigError,
-    apply_overrides,
+    apply_pipeline_overrides,
     load_pipeline_config,
 )
 from agenttuning.pipeline.run import PipelineRun, plan, run_pipeline, run_sweep
@@ -12,7 +12,7 @@ __all__ = [
     "PipelineConfig",
     "PipelineConfigError",
     "PipelineRun",
-    "apply_overrides",
+    "apply_pipeline_overrides",
     "load_pipeline_config",
     "plan",
     "run_pipeline",

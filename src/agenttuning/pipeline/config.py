@@ -11,7 +11,7 @@ train fields (a valid TrainConfig), the model and tokenizer (a local path must e
 options, the environments, the general data source, and the eta values of the sweep.
 
 >>> cfg = PipelineConfig.model_validate({"teacher": {"envs": ["db"]}})
->>> apply_overrides(cfg, ["mix.eta=0.5", "teacher.n=10"]).mix.eta
+>>> apply_pipeline_overrides(cfg, ["mix.eta=0.5", "teacher.n=10"]).mix.eta
 0.5
 """
 
@@ -30,7 +30,7 @@ __all__ = [
     "DEFAULT_CONFIG",
     "EMBEDDED_CONFIGS",
     "PipelineConfig",
-    "apply_overrides",
+    "apply_pipeline_overrides",
     "load_pipeline_config",
 ]
 
@@ -149,7 +149,7 @@ class PipelineConfigError(ValueError):
 
 def _check_train(train: dict[str, Any], where: str) -> None:
     """Fail at load time, not minutes later at the train stage: the fields must make a valid TrainConfig."""
-    from agenttuning.train.config import ConfigError, TrainConfig, apply_overrides
+    from agenttuning.train.config import ConfigError, TrainConfig, apply_train_overrides
 
     for key in train:
         if key in _SET_BY_PIPELINE:
@@ -157,7 +157,7 @@ def _check_train(train: dict[str, Any], where: str) -> None:
         if key not in TrainConfig.model_fields:
             raise PipelineConfigError(f"{where}: unknown train key {key!r}")
     try:  # placeholders for what the pipeline fills in
-        apply_overrides({**train, "model": "m", "agent_data": "a", "general_data": "g"})
+        apply_train_overrides({**train, "model": "m", "agent_data": "a", "general_data": "g"})
     except ConfigError as e:
         raise PipelineConfigError(f"{where}: train: {str(e).removeprefix('config: ')}") from None
 
@@ -313,7 +313,7 @@ def _parse(raw: str) -> Any:
     return value
 
 
-def apply_overrides(config: PipelineConfig, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+def apply_pipeline_overrides(config: PipelineConfig, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """``section.key=value`` (YAML value) overrides, e.g. ``mix.eta=0.5``, ``train.max_steps=20``, ``out=runs/x``."""
     data = config.model_dump()
     for item in overrides:
@@ -357,4 +357,4 @@ def load_pipeline_config(path: str | os.PathLike[str] | None = None, overrides: 
         raise PipelineConfigError(f"{where}: invalid YAML: {e}") from None
     if not isinstance(data, dict):
         raise PipelineConfigError(f"{where}: expected a mapping of config sections")
-    return apply_overrides(_validate(data, where), overrides)
+    return apply_pipeline_overrides(_validate(data, where), overrides)

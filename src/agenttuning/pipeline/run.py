@@ -27,7 +27,7 @@ from rich.table import Table
 
 from agenttuning.jsonl import locked, write_text_atomic
 from agenttuning.pipeline.cache import StageDir, stage_key
-from agenttuning.pipeline.config import PipelineConfig, apply_overrides
+from agenttuning.pipeline.config import PipelineConfig, apply_pipeline_overrides
 from agenttuning.pipeline.stages import STAGES, Stage, StageContext, StageRecord
 
 __all__ = ["PipelineRun", "PlannedStage", "plan", "run_pipeline", "run_sweep", "sweep_variants"]
@@ -264,7 +264,7 @@ def stages_table(run: PipelineRun) -> Table:
     return t
 
 
-def headline_table(run: PipelineRun) -> Table:
+def headline_console_table(run: PipelineRun) -> Table:
     """Base vs tuned per environment (success rate), held-in first."""
     from agenttuning.eval.agent import load_agent_result
 
@@ -291,10 +291,12 @@ def sweep_variants(config: PipelineConfig) -> list[tuple[str, PipelineConfig, fl
     """``(label, config, eta, filtered)`` for each variant: every sweep eta (filtered), and unfiltered at ``mix.eta``."""
     variants = []
     for eta in dict.fromkeys([*config.sweep.eta]):
-        variants.append((f"eta={eta:g}", apply_overrides(config, [f"mix.eta={eta}", "filter.enabled=true"]), eta, True))
+        filtered = apply_pipeline_overrides(config, [f"mix.eta={eta}", "filter.enabled=true"])
+        variants.append((f"eta={eta:g}", filtered, eta, True))
     if config.sweep.unfiltered:
         eta = config.mix.eta
-        variants.append((f"eta={eta:g} unfiltered", apply_overrides(config, ["filter.enabled=false"]), eta, False))
+        unfiltered = apply_pipeline_overrides(config, ["filter.enabled=false"])
+        variants.append((f"eta={eta:g} unfiltered", unfiltered, eta, False))
     return variants
 
 

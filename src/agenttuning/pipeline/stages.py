@@ -313,10 +313,10 @@ def prepare_settings(cfg: PipelineConfig) -> dict[str, Any]:
 
 def run_prepare(ctx: StageContext) -> dict[str, Any]:
     """Render both sources with the model's chat template into ids and loss labels (the expensive, eta-free part)."""
-    from agenttuning.tokens.prepare import load_tokenizer, prepare
+    from agenttuning.tokens.prepare import load_tokenizer_by_name, prepare
 
     s = prepare_settings(ctx.config)
-    tok = load_tokenizer(tokenizer_path(ctx.inputs["model"]))
+    tok = load_tokenizer_by_name(tokenizer_path(ctx.inputs["model"]))
     out: dict[str, Any] = {}
     for name, src in (("agent", ctx.path("decontam", "agentinstruct")), ("general", ctx.path("general", "train"))):
         try:  # no rows for a source: the stage fails (no manifest) with why, instead of mix failing on the empty file
@@ -342,12 +342,12 @@ def run_mix(ctx: StageContext) -> dict[str, Any]:
     not depend on eta); this stage is where eta enters, and records what one epoch of it holds.
     """
     from agenttuning.data.mix import MixSampler, epoch_length
-    from agenttuning.train.data import load_examples
+    from agenttuning.train.data import load_token_table
 
     mix = ctx.config.mix
     prep = ctx.inputs["prepare"]
     s = prepare_settings(ctx.config)
-    tables = {name: load_examples(prep.dir / prep.outputs[name], max_len=s["max_len"], policy=s["length_policy"],
+    tables = {name: load_token_table(prep.dir / prep.outputs[name], max_len=s["max_len"], policy=s["length_policy"],
                                   name=name)[0] for name in ("agent", "general")}  # fmt: skip
     n_agent, n_general = len(tables["agent"]), len(tables["general"])
     n = epoch_length(n_agent, n_general, mix.eta)
@@ -371,14 +371,14 @@ def train_settings(cfg: PipelineConfig) -> dict[str, Any]:
 
 def train_config(ctx: StageContext) -> Any:
     """The resolved :class:`~agenttuning.train.config.TrainConfig`: the config's train fields, the prepared data, eta."""
-    from agenttuning.train.config import apply_overrides
+    from agenttuning.train.config import apply_train_overrides
 
     prep, model, eta = ctx.inputs["prepare"], ctx.inputs["model"], ctx.config.mix.eta
     fields = {"seed": ctx.config.mix.seed, **_train_fields(ctx.config), "model": model_path(model),
               "tokenizer": tokenizer_path(model), "eta": eta, "output_dir": str(ctx.dir / "run"), "resume": "auto",
               "agent_data": str(prep.dir / prep.outputs["agent"]) if eta > 0 else None,
               "general_data": str(prep.dir / prep.outputs["general"]) if eta < 1 else None}  # fmt: skip
-    return apply_overrides(fields)
+    return apply_train_overrides(fields)
 
 
 def run_train(ctx: StageContext) -> dict[str, Any]:

@@ -317,8 +317,7 @@ async def run_episode(
             )
             total_reward += float(result.reward)
             if result.terminated:
-                info = result.info
-                success = bool(info.get("success", total_reward >= 1.0))
+                success = total_reward >= 1.0 if result.success is None else bool(result.success)
                 return "done", total_reward, success, None
             if result.truncated:
                 return "env_truncated", total_reward, False, None

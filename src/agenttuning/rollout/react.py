@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
-from agenttuning.schema import Step, Task, Trajectory, Turn
+from agenttuning.schema import Step, Task, Trajectory, Turn, render_reply
 
 _MARK = r"[*_#\s]*"
 _MARKS_ONLY = re.compile(_MARK)
@@ -89,6 +90,23 @@ def parse_reply(text: str) -> Parsed:
     if not action:
         raise ParseError("the 'Action:' is empty")
     return Parsed(thought=thought, action=action)
+
+
+def step_from_reply(reply: str, *, observation: str, **fields: Any) -> Step:
+    """A Step for a reply, keeping the verbatim text only when it differs from the canonical rendering.
+
+    An unparsable reply becomes a Step whose thought is the whole reply, with no action and its ``parse_error``.
+
+    >>> step_from_reply("Thought: a\\nAction: b", observation="o").raw is None
+    True
+    """
+    try:
+        parsed = parse_reply(reply)
+        thought, action, error = parsed.thought, parsed.action, None
+    except ParseError as e:
+        thought, action, error = reply, "", str(e)
+    raw = None if error is None and render_reply(thought, action) == reply else reply
+    return Step(thought=thought, action=action, observation=observation, raw=raw, parse_error=error, **fields)
 
 
 def history(traj_or_steps: Trajectory | list[Step], initial_observation: str | None = None) -> list[Turn]:

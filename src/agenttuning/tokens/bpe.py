@@ -4,7 +4,8 @@ The embedded default pipeline trains a model from scratch on a CPU (:mod:`agentt
 needs a vocabulary of its own: a real model's 32k-128k-entry vocabulary would spend most of a small model's
 parameters and compute on the embedding and output layers. :func:`train_bpe_tokenizer` trains one with the Rust
 ``tokenizers`` library, in seconds for a few megabytes of text, and saves it so that every loading path of the
-project accepts it: ``AutoTokenizer.from_pretrained(folder)``, :func:`agenttuning.tokens.prepare.load_tokenizer`,
+project accepts it: ``AutoTokenizer.from_pretrained(folder)``,
+:func:`agenttuning.tokens.prepare.load_tokenizer_by_name`,
 :func:`agenttuning.tokens.masks.render` and the ``hf:`` policy.
 
 What the tokenizer is:

@@ -2,8 +2,8 @@
 
 A linear story (AgentTuning section 2.2 trains on assistant outputs only, at sequence length 4,096):
 
-1. read the examples, whatever their layout (:func:`load_examples`: our Example JSONL, AgentInstruct, ShareGPT,
-   OpenAI messages, or raw trajectory JSONL), all validated first;
+1. read the examples, whatever their layout (:func:`read_examples_any_layout`: our Example JSONL, AgentInstruct,
+   ShareGPT, OpenAI messages, or raw trajectory JSONL), all validated first;
 2. render them with the tokenizer's chat template or a shipped one (:func:`~agenttuning.tokens.masks.render_batch`:
    exact labels, -100 outside trained assistant turns);
 3. fit each to ``max_len`` (:func:`~agenttuning.tokens.length.fit`: cut at a turn boundary or drop, never
@@ -59,7 +59,7 @@ def detect_layout(record: dict[str, Any]) -> Layout:
     raise ValueError(f"unrecognised record layout (keys: {sorted(record)[:6]})")
 
 
-def load_examples(path: PathLike, *, layout: Layout | None = None) -> tuple[list[Example], Counter[str]]:
+def read_examples_any_layout(path: PathLike, *, layout: Layout | None = None) -> tuple[list[Example], Counter[str]]:
     """Every example under ``path`` (a file or a directory), in its detected layout; plus drop counts by reason.
 
     Errors are :class:`~agenttuning.jsonl.RecordError` naming ``file:line`` (``row N`` in JSON lists and parquet).
@@ -89,7 +89,7 @@ def load_examples(path: PathLike, *, layout: Layout | None = None) -> tuple[list
     return list(loaded.examples), Counter(loaded.dropped)
 
 
-def load_tokenizer(name_or_path: str) -> Any:
+def load_tokenizer_by_name(name_or_path: str) -> Any:
     """A tokenizer by HF id or local path, a ``.gguf`` file or model alias (:mod:`agenttuning.models`); ``llama3``,
     ``mistral`` and ``tekken`` build the real ones offline."""
     from agenttuning.models import resolve_model
@@ -183,10 +183,10 @@ def prepare(
     out = Path(out_dir)
     paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
     check_output(out, stage="prepare", marker="manifest.json", overwrite=overwrite, inputs=paths)
-    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    tok = load_tokenizer_by_name(tokenizer) if isinstance(tokenizer, str) else tokenizer
     examples: list[Example] = []
     for p in paths:
-        examples += load_examples(p)[0]
+        examples += read_examples_any_layout(p)[0]
     t0 = time.perf_counter()
     rendered, rejected, first_rejection = encode_examples(examples, tok, template=template)
     ok = [i for i, e in enumerate(rendered) if e is not None]

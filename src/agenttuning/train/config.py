@@ -9,7 +9,7 @@ model, so every artifact says how it was made.
 
     >>> cfg = TrainConfig(model="m", agent_data="a.parquet", general_data="g.parquet", output_dir="out",
     ...                   max_steps=10)
-    >>> apply_overrides(cfg, ["lr=1e-5", "pack=false", "lora_target_modules=[q_proj,v_proj]"]).lr
+    >>> apply_train_overrides(cfg, ["lr=1e-5", "pack=false", "lora_target_modules=[q_proj,v_proj]"]).lr
     1e-05
 
 Batch and length of training — what the fields mean:
@@ -214,7 +214,9 @@ def _validate(data: dict[str, Any], where: str) -> TrainConfig:
         raise ConfigError(f"{where}: " + "; ".join(msgs)) from None
 
 
-def apply_overrides(config: TrainConfig | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+def apply_train_overrides(
+    config: TrainConfig | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
     """A new config with ``key=value`` overrides applied (and everything re-validated together)."""
     data = config.model_dump() if isinstance(config, TrainConfig) else dict(config)
     for item in overrides:
@@ -270,7 +272,7 @@ __all__ = [
     "Precision",
     "ReportTo",
     "TrainConfig",
-    "apply_overrides",
+    "apply_train_overrides",
     "config_yaml",
     "load_config",
     "save_config",

@@ -130,7 +130,7 @@ def _read_file(path: Path) -> tuple[list[Any], list[Any], list[Any] | None]:
     return ids, labels, ends if any(e is not None for e in ends) else None
 
 
-def load_examples(
+def load_token_table(
     path: str | Path, *, max_len: int, policy: str = "truncate_turns", name: str = ""
 ) -> tuple[TokenTable, LoadReport]:
     """Read prepared examples, fit them to ``max_len`` and drop those with nothing to train.
@@ -220,7 +220,7 @@ def load_sources(
             evals.append(_empty(name))
             reports.append(None)
             continue
-        table, report = load_examples(path, max_len=max_len, policy=policy, name=name)
+        table, report = load_token_table(path, max_len=max_len, policy=policy, name=name)
         if len(table) == 0:
             raise ValueError(f"{path}: no usable {name} examples (all dropped: {report.to_dict()})")
         tr, ev = split_eval(len(table), eval_fraction, seed, name)
@@ -237,7 +237,7 @@ __all__ = [
     "LoadReport",
     "Sources",
     "TokenTable",
-    "load_examples",
+    "load_token_table",
     "load_sources",
     "split_eval",
 ]

@@ -40,7 +40,7 @@ def _resolve(name: str) -> str:
         raise ConfigError(str(e)) from None
 
 
-def load_tokenizer(config: TrainConfig) -> Any:
+def load_training_tokenizer(config: TrainConfig) -> Any:
     """The tokenizer (``tokenizer`` or the model's), with ``chat_template`` applied when the config gives one."""
     from transformers import AutoTokenizer
 
@@ -216,6 +216,6 @@ def merge_adapter(
 
 
 __all__ = [
-    "DTYPES", "check_method", "load_model", "load_tokenizer", "lora_targets", "merge_adapter", "param_groups",
+    "DTYPES", "check_method", "load_model", "load_training_tokenizer", "lora_targets", "merge_adapter", "param_groups",
     "save_final",
 ]

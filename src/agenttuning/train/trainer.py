@@ -47,7 +47,7 @@ from agenttuning.train.config import ConfigError, TrainConfig, save_config
 from agenttuning.train.data import AGENT, GENERAL, Sources, load_sources
 from agenttuning.train.loss import CausalLMLoss, check_decomposition, resolve_impl, trained_mask
 from agenttuning.train.metrics import MetricsLogger, Timer
-from agenttuning.train.model import check_method, load_model, load_tokenizer, param_groups, save_final
+from agenttuning.train.model import check_method, load_model, load_training_tokenizer, param_groups, save_final
 from agenttuning.train.schedule import cosine_with_warmup, warmup_steps_for
 
 # Fields that fix the data stream and the meaning of a step: a resumed run must agree with its checkpoint on them.
@@ -335,7 +335,7 @@ def _train(accelerator: Any, config: TrainConfig, callbacks: Sequence[Callable[[
         config.agent_data, config.general_data, eta=config.eta, max_len=config.max_len,
         policy=config.length_policy, eval_fraction=config.eval_fraction, seed=config.seed,
     )  # fmt: skip
-    tokenizer = load_tokenizer(config)
+    tokenizer = load_training_tokenizer(config)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model = load_model(config, device_index=accelerator.local_process_index)
     vocab = model.get_input_embeddings().num_embeddings

@@ -135,7 +135,7 @@ def _attention(module: Any, query, key, value, attention_mask, dropout: float = 
     return tree_sdpa(query, key, value, tree, scaling=scaling, dropout=dropout), None
 
 
-def register() -> None:
+def register_tree_attention() -> None:
     """Register :data:`NAME` with transformers (idempotent): the attention function and sdpa's mask builder."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -160,9 +160,9 @@ def enable(model: Any) -> bool:
         return True
     if current != "sdpa" or not callable(getattr(base, "set_attn_implementation", None)):
         return False
-    register()
+    register_tree_attention()
     base.set_attn_implementation(NAME)
     return getattr(base.config, "_attn_implementation", None) == NAME
 
 
-__all__ = ["NAME", "TreeAttention", "enable", "register", "tree_sdpa"]
+__all__ = ["NAME", "TreeAttention", "enable", "register_tree_attention", "tree_sdpa"]
