@@ -10,7 +10,6 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
 
 import agenttuning
 
@@ -147,12 +146,6 @@ def test_no_import_cycle_between_modules():
     assert _cycles(GRAPH) == []
 
 
-@pytest.mark.xfail(
-    reason="issue 12 item 3: agenttuning.envs.check (the conformance checker) runs episodes through rollout and "
-    "the baseline policies, which import envs.base, so envs <-> rollout and envs <-> policies; move the checker "
-    "out of envs to close it",
-    strict=False,
-)
 def test_no_import_cycle_between_packages():
     packages: dict[str, set[str]] = defaultdict(set)
     for module, targets in GRAPH.items():

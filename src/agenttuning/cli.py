@@ -192,7 +192,7 @@ def check(
 ) -> None:
     """Run the conformance check on environments: contract, determinism, expert solves every test task."""
     from agenttuning.envs.base import available, get
-    from agenttuning.envs.check import check_env
+    from agenttuning.rollout.conformance import check_env
 
     defs = [get(e) for e in env] if env else available()
     failed = False

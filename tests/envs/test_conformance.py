@@ -8,7 +8,7 @@ import pytest
 
 from agenttuning.envs import base
 from agenttuning.envs.base import StepResult, available, get
-from agenttuning.envs.check import check_env
+from agenttuning.rollout.conformance import check_env
 from agenttuning.schema import Turn
 from tests.toy_env import LookupDefinition, LookupEnv
 

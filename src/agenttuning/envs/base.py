@@ -243,7 +243,7 @@ class EnvDefinition(ABC):
 
     def adversarial_actions(self, task: Task) -> list[str]:
         """Actions a hostile model might send in an episode of ``task``, for the conformance check's adversarial
-        suite (see :mod:`agenttuning.envs.check`): every one must come back as an observation of bounded size within
+        suite (see :mod:`agenttuning.rollout.conformance`): every one must come back as an observation of bounded size within
         a few seconds, use bounded memory and leave no trace in the next episode. The default is generic garbage
         (huge, NUL, lone surrogates, control characters, deep nesting, many lines); a family adds its own probes of
         what its actions can do (``super().adversarial_actions(task) + [...]``)."""

@@ -1,5 +1,8 @@
 """Conformance check for an environment family (run on every registered environment in CI).
 
+It lives in ``rollout``, not ``envs``: it runs episodes through the engine and the baseline policies, which both
+depend on ``envs``, so here no package imports another that imports it back.
+
 It checks the contract (types, Gymnasium's terminated/truncated semantics, invalid actions as feedback), that tasks
 and resets are deterministic and the splits disjoint, that the expert solves every test task without a model (an
 environment proves its own tasks before any model is blamed), and that a deliberately wrong answer scores 0.
