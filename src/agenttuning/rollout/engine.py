@@ -41,8 +41,8 @@ from typing import Any, TypeVar
 from agenttuning.envs.base import EnvDefinition, Environment
 from agenttuning.jsonl import AppendWriter, read_records, repair_tail, utf8_safe
 from agenttuning.policies.base import Policy, PolicyError
-from agenttuning.rollout.react import Parsed, ParseError, messages_for, parse_reply
-from agenttuning.schema import EndReason, Step, Task, Trajectory, Usage, render_reply
+from agenttuning.rollout.react import Parsed, ParseError, messages_for, parse_reply, step_from_reply
+from agenttuning.schema import EndReason, Step, Task, Trajectory, Usage
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -298,20 +298,17 @@ async def run_episode(
             if isinstance(parsed, ParseError):
                 # counts against the turn budget, as a real environment would
                 obs = env.invalid_action(str(parsed))
-                ep.steps.append(Step(thought=text, action="", observation=obs, raw=text, parse_error=str(parsed),
-                                     reply_note=note))  # fmt: skip
+                ep.steps.append(step_from_reply(text, observation=obs, parsed=parsed, reply_note=note))
                 continue
             result = await call_env(instance.step, parsed.action)
-            raw = None if render_reply(parsed.thought, parsed.action) == text else text
             ep.steps.append(
-                Step(
-                    thought=parsed.thought,
-                    action=parsed.action,
+                step_from_reply(
+                    text,
                     observation=result.observation,
+                    parsed=parsed,
                     reward=float(result.reward),
                     terminated=bool(result.terminated),
                     truncated=bool(result.truncated),
-                    raw=raw,
                     reply_note=note,
                 )
             )

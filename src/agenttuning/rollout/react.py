@@ -92,19 +92,25 @@ def parse_reply(text: str) -> Parsed:
     return Parsed(thought=thought, action=action)
 
 
-def step_from_reply(reply: str, *, observation: str, **fields: Any) -> Step:
+def step_from_reply(reply: str, *, observation: str, parsed: Parsed | ParseError | None = None, **fields: Any) -> Step:
     """A Step for a reply, keeping the verbatim text only when it differs from the canonical rendering.
 
     An unparsable reply becomes a Step whose thought is the whole reply, with no action and its ``parse_error``.
+    ``parsed``: the reply's :func:`parse_reply` result when the caller already has it (the engine parses before it
+    acts, and the observation comes after), so a reply is parsed once.
 
     >>> step_from_reply("Thought: a\\nAction: b", observation="o").raw is None
     True
     """
-    try:
-        parsed = parse_reply(reply)
+    if parsed is None:
+        try:
+            parsed = parse_reply(reply)
+        except ParseError as e:
+            parsed = e
+    if isinstance(parsed, ParseError):
+        thought, action, error = reply, "", str(parsed)
+    else:
         thought, action, error = parsed.thought, parsed.action, None
-    except ParseError as e:
-        thought, action, error = reply, "", str(e)
     raw = None if error is None and render_reply(thought, action) == reply else reply
     return Step(thought=thought, action=action, observation=observation, raw=raw, parse_error=error, **fields)
 
