@@ -9,6 +9,7 @@ import hashlib
 import time
 
 from agenttuning.envs.base import EnvDefinition, Environment, EpisodeEnv, StepResult
+from agenttuning.policies.base import Policy, Reply
 from agenttuning.schema import Task, Turn
 
 WORDS = ["amber", "basil", "cedar", "delta", "ember", "fjord", "gamma", "heron", "iris", "jade"]
@@ -79,3 +80,19 @@ class LookupDefinition(EnvDefinition):
 
     def wrong_answer(self, task: Task) -> str:
         return "Thought: I guess.\nAction: answer nope"
+
+
+class Scripted(Policy):
+    """Replies from a fixed list (cycled), or raises when the item is an exception."""
+
+    name = "scripted"
+
+    def __init__(self, replies):
+        self.replies, self.calls = list(replies), 0
+
+    async def act(self, messages, *, task):
+        r = self.replies[min(self.calls, len(self.replies) - 1)]
+        self.calls += 1
+        if isinstance(r, Exception):
+            raise r
+        return Reply(r)

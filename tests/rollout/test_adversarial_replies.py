@@ -19,7 +19,7 @@ from agenttuning.policies.base import Policy, Reply
 from agenttuning.rollout.engine import EpisodeLimits, TrajectoryWriteError, rollout, run_episode
 from agenttuning.schema import Trajectory
 from tests.openai_server import FakeOpenAIServer
-from tests.toy_env import LookupDefinition, LookupEnv
+from tests.toy_env import LookupDefinition, LookupEnv, Scripted
 
 
 def test_surrogates_and_nuls_in_replies_from_a_real_server_are_recorded(tmp_path):
@@ -80,21 +80,11 @@ def test_one_unwritable_trajectory_is_reported_and_the_others_are_written(tmp_pa
     assert "lookup-test-0002" in caplog.text
 
 
-class Fixed(Policy):
-    name = "fixed"
-
-    def __init__(self, text: str):
-        self.text = text
-
-    async def act(self, messages, *, task):
-        return Reply(self.text)
-
-
 def test_a_huge_reply_is_cut_to_the_limit_and_noted():
     env = LookupDefinition()
     reply = "Thought: " + "x" * 2_000_000 + "\nAction: lookup a"
     limits = EpisodeLimits(max_turns=1, max_reply_chars=65536)
-    t = asyncio.run(run_episode(env, env.tasks("test")[0], Fixed(reply), limits=limits))
+    t = asyncio.run(run_episode(env, env.tasks("test")[0], Scripted([reply]), limits=limits))
     step = t.steps[0]
     assert step.parse_error and len(step.raw) == 65536  # the action was past the cut
     assert step.reply_note == "cut from 2000026 to 65536 characters"
@@ -130,7 +120,7 @@ def test_an_adversarial_reply_does_not_stall_the_other_episodes():
     async def main():
         stop = asyncio.Event()
         beat = asyncio.create_task(heartbeat(stop))
-        a = run_episode(env, bad, Fixed("*\n" * 12_000), limits=EpisodeLimits(timeout_s=2))
+        a = run_episode(env, bad, Scripted(["*\n" * 12_000]), limits=EpisodeLimits(timeout_s=2))
         b = run_episode(env, good, Slow(env), limits=EpisodeLimits(max_turns=6, max_repeats=0, timeout_s=5))
         ta, tb = await asyncio.gather(a, b)
         stop.set()

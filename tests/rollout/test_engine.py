@@ -9,27 +9,11 @@ import pytest
 
 from agenttuning.data.formats import to_agentinstruct_record
 from agenttuning.jsonl import read_records
-from agenttuning.policies.base import Policy, PolicyError, Reply
+from agenttuning.policies.base import PolicyError
 from agenttuning.policies.baselines import ExpertPolicy, WrongPolicy
 from agenttuning.rollout.engine import EpisodeLimits, rollout, run_episode
 from agenttuning.schema import Trajectory, conversation
-from tests.toy_env import LookupDefinition
-
-
-class Scripted(Policy):
-    """Replies from a fixed list (cycled), or raises when the item is an exception."""
-
-    name = "scripted"
-
-    def __init__(self, replies):
-        self.replies, self.calls = list(replies), 0
-
-    async def act(self, messages, *, task):
-        r = self.replies[min(self.calls, len(self.replies) - 1)]
-        self.calls += 1
-        if isinstance(r, Exception):
-            raise r
-        return Reply(r)
+from tests.toy_env import LookupDefinition, Scripted
 
 
 def episode(env, policy, task=None, **limits):

@@ -15,21 +15,10 @@ import time
 from pathlib import Path
 
 from agenttuning.envs.base import Environment, StepResult
-from agenttuning.policies.base import Policy, Reply
 from agenttuning.rollout.engine import EpisodeLimits, run_episode
-from tests.toy_env import LookupDefinition
+from tests.toy_env import LookupDefinition, Scripted
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Once(Policy):
-    name = "once"
-
-    def __init__(self, reply: str):
-        self.reply = reply
-
-    async def act(self, messages, *, task):
-        return Reply(self.reply)
 
 
 class BlockingEnv(Environment):
@@ -81,7 +70,7 @@ def test_timeout_never_closes_the_environment_under_a_running_step():
 
     async def main():
         t0 = time.perf_counter()
-        traj = await run_episode(env, env.tasks("test")[0], Once("Action: lookup a"), limits=LIMITS)
+        traj = await run_episode(env, env.tasks("test")[0], Scripted(["Action: lookup a"]), limits=LIMITS)
         returned_after = time.perf_counter() - t0
         inst = env.instances[0]
         assert inst.started.is_set(), "the timeout fired before the step began (machine overloaded?)"
@@ -101,7 +90,7 @@ def test_timeout_interrupts_the_running_call_then_closes_after_it_returns():
     env = BlockingDefinition(interruptible=True)
 
     async def main():
-        traj = await run_episode(env, env.tasks("test")[0], Once("Action: lookup a"), limits=LIMITS)
+        traj = await run_episode(env, env.tasks("test")[0], Scripted(["Action: lookup a"]), limits=LIMITS)
         closed = await asyncio.to_thread(env.instances[0].closed.wait, 5)
         return traj, closed
 
