@@ -21,6 +21,7 @@ def test_every_registered_environment_conforms(definition):
         "identity",
         "tasks deterministic, splits disjoint",
         "context well-formed",
+        "task payloads fit the payload model",
         "reset deterministic, invalid actions are feedback",
         "expert solves every test task",
         "wrong answer scores 0",
@@ -75,6 +76,18 @@ def test_checker_catches_nondeterministic_tasks_and_shared_instructions():
             return [t.model_copy(update={"instruction": "Find the word for x."}) for t in ts[:1]] + ts[1:]
 
     assert "tasks deterministic, splits disjoint" in failing(check_env(Leaky()))
+
+
+def test_checker_catches_task_payloads_that_do_not_fit_the_payload_model():
+    broken = {"lookup-train-0003": {"key": 7}, "lookup-test-0001": {"slow_s": "soon"}}  # a number key; not a float
+    report = check_env(LookupDefinition(extra=broken))
+    failed = {r.name: r.detail for r in report.failures()}
+    detail = failed["task payloads fit the payload model"]
+    assert "2 task payloads do not fit LookupPayload" in detail
+    assert "task lookup-train-0003 (lookup-v1)" in detail and "key: Input should be a valid string" in detail
+    assert "task lookup-test-0001 (lookup-v1)" in detail and "slow_s" in detail
+    passed = {r.name: r.detail for r in check_env(LookupDefinition(n_test=3)).results}
+    assert passed["task payloads fit the payload model"] == "43 tasks fit LookupPayload"
 
 
 def test_checker_catches_an_exception_on_invalid_actions():

@@ -450,7 +450,9 @@ def test_prompts_and_one_shot_match_the_database():
         assert word in D.system_prompt
     # the example's observation is what the database really answers, and its replies score in the environment
     example = Task(id="db-example", env=D.id, split="train", instruction=_EXAMPLE_QUESTION,
-                   payload={"kind": "select", "answer": [["Europe"]], "ordered": False})
+                   payload={"template": "example", "entity": "country:IS", "kind": "select", "sql": _EXAMPLE_SQL,
+                            "need": "the continent of Iceland", "tables": ["countries", "continents"],
+                            "answer": [["Europe"]]})
     with D.make() as env:
         assert env.reset(example) == context[2].content
         assert env.step(parse_reply(context[3].content).action).observation == _EXAMPLE_RESULT

@@ -313,12 +313,12 @@ def test_f1_and_scores():
     assert grading.f1({"a", "b"}, {"a"}) == pytest.approx(2 / 3)
     assert grading.f1({"a", "b", "c", "d"}, {"a", "b"}) == pytest.approx(2 / 3)
     s = tools.EntitySet
-    assert grading.score(s("language", frozenset({"French", "German"})), make_task().payload) == (1.0, True)
-    assert grading.score(tools.Number(2), make_task().payload) == (0.0, False)  # a number for a set question
-    count = make_task("count", 3).payload
-    assert grading.score(tools.Number(3), count) == (1.0, True)
-    assert grading.score(tools.Number(4), count) == (0.0, False)
-    assert grading.score(s("country", frozenset({"a", "b", "c"})), count) == (0.0, False)  # right size, not a count
+    gold = ["French", "German"]
+    assert grading.score(s("language", frozenset(gold)), "set", gold) == (1.0, True)
+    assert grading.score(tools.Number(2), "set", gold) == (0.0, False)  # a number for a set question
+    assert grading.score(tools.Number(3), "count", 3) == (1.0, True)
+    assert grading.score(tools.Number(4), "count", 3) == (0.0, False)
+    assert grading.score(s("country", frozenset({"a", "b", "c"})), "count", 3) == (0.0, False)  # right size, a set
 
 
 def test_answers_in_episodes_exact_partial_and_wrong():

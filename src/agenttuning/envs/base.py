@@ -12,10 +12,15 @@ such as a SQLite connection, can crash the whole process).
 
 Versioned ids (``db-v1``): any change to prompts, tasks or scoring bumps the version, so scores stay comparable.
 A family's instance usually subclasses :class:`EpisodeEnv`, which owns the episode's bookkeeping (reset before step,
-the turn budget, the invalid-action and final results, close never under a running call), so the family writes only
-its own ``start`` (fresh state for a task) and ``act`` (one action). Every environment, the built-in ones included,
-registers through the entry-point group ``agenttuning.envs`` (see ``pyproject.toml``): the entry point names an
-:class:`EnvDefinition` instance or a zero-argument callable returning one. This module imports no environment.
+the typed payload, the turn budget, the invalid-action and final results, close never under a running call), so the
+family writes only its own ``start`` (fresh state for a task) and ``act`` (one action). A family's tasks carry its own
+data in ``Task.payload``, a JSON object on the wire; the family declares a pydantic *payload model*
+(``class MyEnv(EpisodeEnv[MyPayload])``) and the base validates each task's payload into it once, at reset, so the
+family reads typed fields and a malformed task fails with its id (:class:`PayloadError`). The definition owns the
+task cache (:meth:`EnvDefinition.tasks` derives once) and the factory (:meth:`EnvDefinition.make` builds its
+``env_class``). Every environment, the built-in ones included, registers through the entry-point group
+``agenttuning.envs`` (see ``pyproject.toml``): the entry point names an :class:`EnvDefinition` instance or a
+zero-argument callable returning one. This module imports no environment.
 """
 
 from __future__ import annotations
@@ -25,16 +30,19 @@ import json
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib.metadata import entry_points
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
 
 from agenttuning.schema import Task, Turn
 
 Split = Literal["train", "test"]
 ENTRY_POINT_GROUP = "agenttuning.envs"
+PayloadT = TypeVar("PayloadT", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -55,26 +63,20 @@ class StepResult:
     invalid: bool = False
 
 
-def stable_int(*parts: str) -> int:
-    """A platform- and run-independent integer from strings (never Python's salted ``hash``): for deriving tasks."""
-    return int(hashlib.sha256("\x1f".join(parts).encode()).hexdigest(), 16)
+class PayloadError(ValueError):
+    """A task's payload does not fit its environment's payload model (the message names the task)."""
 
 
-class TaskCache:
-    """A family's tasks, derived once per process on first use (thread-safe); ``get`` returns a fresh list."""
-
-    def __init__(self, derive: Callable[[], Mapping[str, list[Task]]]):
-        self._derive = derive
-        self._lock = threading.Lock()
-        self._tasks: Mapping[str, list[Task]] | None = None
-
-    def get(self, split: str) -> list[Task]:
-        if split not in ("train", "test"):
-            raise ValueError(f"unknown split {split!r}: use 'train' or 'test'")
-        with self._lock:
-            if self._tasks is None:
-                self._tasks = self._derive()
-        return list(self._tasks[split])
+def parse_payload(model: type[PayloadT], task: Task) -> PayloadT:
+    """``task.payload`` (a JSON object on the wire) validated into ``model``; :class:`PayloadError` naming the task
+    and every field that does not fit, so a malformed task file is found by its id rather than by a ``KeyError``
+    deep inside an episode."""
+    try:
+        return model.model_validate(task.payload)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(payload)'}: {err['msg']}" for err in e.errors())
+        raise PayloadError(
+            f"task {task.id} ({task.env}): its payload does not fit {model.__name__}: {problems}") from None
 
 
 class Environment(ABC):
@@ -112,7 +114,7 @@ class Environment(ABC):
 FINAL_OBSERVATION = "Answer received; the task is over."
 
 
-class EpisodeEnv(Environment):
+class EpisodeEnv(Environment, Generic[PayloadT]):
     """The base of an environment instance: owns the episode's bookkeeping, so a family writes only its own actions.
 
     In the spirit of Gymnasium's ``OrderEnforcing`` and ``TimeLimit`` wrappers, it owns:
@@ -120,6 +122,10 @@ class EpisodeEnv(Environment):
     - the task check and reset before step: ``reset(task)`` refuses a task of another family, frees the previous
       episode (:meth:`release`) and calls the family's :meth:`start`; ``step`` before ``reset`` or after the end
       raises ``RuntimeError``;
+    - the typed payload: a family declares its pydantic payload model as the generic parameter
+      (``class DbEnv(EpisodeEnv[DbPayload])``, kept in :attr:`payload_model`); ``reset`` validates the task's payload
+      into it once (a payload that does not fit raises :class:`PayloadError` naming the task, before anything
+      changes) and hands it to :meth:`start`; :attr:`payload` holds it for the episode;
     - the turn counter and the budget: every action, valid or not, uses a turn (:attr:`turns`); the step that spends
       :attr:`max_turns` without ending the task comes back ``truncated`` with reward 0 and ``success=False``;
     - the stripped action: :meth:`act` gets the text with surrounding whitespace removed;
@@ -132,10 +138,27 @@ class EpisodeEnv(Environment):
     resources or runs long calls. ``self.task`` is the running task.
     """
 
-    def __init__(self, definition: EnvDefinition):
+    payload_model: type[BaseModel]  # the family's payload model: set from the generic parameter
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Read the payload model from ``EpisodeEnv[Model]`` among the class's bases (unless the class sets
+        :attr:`payload_model` itself); a subclass of a family's environment inherits it."""
+        super().__init_subclass__(**kwargs)
+        if "payload_model" in vars(cls):
+            return
+        for base in vars(cls).get("__orig_bases__", ()):
+            model = get_args(base)[0] if get_origin(base) is EpisodeEnv else None
+            if isinstance(model, type) and issubclass(model, BaseModel):
+                cls.payload_model = model
+
+    def __init__(self, definition: EnvDefinition[PayloadT]):
+        if not isinstance(getattr(type(self), "payload_model", None), type):
+            raise TypeError(f"{type(self).__name__} declares no payload model: subclass EpisodeEnv[YourPayload], "
+                            "YourPayload a pydantic model of the fields your tasks' payloads hold")
         self.definition = definition
         self.task: Task | None = None
         self.turns = 0
+        self._payload: PayloadT | None = None
         self._done = True
         # held by a running call (reset, step, close); interrupt() never takes it, so it can reach a running call
         self._busy = threading.RLock()
@@ -145,11 +168,18 @@ class EpisodeEnv(Environment):
         """The turn budget of an episode: the family's ``max_turns``."""
         return self.definition.max_turns
 
+    @property
+    def payload(self) -> PayloadT:
+        """The running task's payload, validated into the family's payload model at reset."""
+        if self._payload is None:
+            raise RuntimeError("no episode has started: call reset(task) first")
+        return self._payload
+
     # --- what a family implements ------------------------------------------------------------------------------
     @abstractmethod
-    def start(self, task: Task) -> str:
-        """Set up a fresh state for ``task`` (the previous episode is already released) and return the first
-        observation."""
+    def start(self, task: Task, payload: PayloadT) -> str:
+        """Set up a fresh state for ``task`` (the previous episode is already released; ``payload`` is the task's
+        payload, typed) and return the first observation."""
 
     @abstractmethod
     def act(self, action: str) -> StepResult:
@@ -171,10 +201,11 @@ class EpisodeEnv(Environment):
     def reset(self, task: Task) -> str:
         if task.env != self.definition.id:
             raise ValueError(f"task {task.id} belongs to {task.env}, not {self.definition.id}")
+        payload = parse_payload(self.payload_model, task)
         with self._busy:
             self.close()
-            observation = self.start(task)
-            self.task, self.turns, self._done = task, 0, False
+            observation = self.start(task, payload)  # type: ignore[arg-type]
+            self.task, self._payload, self.turns, self._done = task, payload, 0, False  # type: ignore[assignment]
             return observation
 
     def step(self, action: str) -> StepResult:
@@ -201,14 +232,19 @@ class EpisodeEnv(Environment):
             self._busy.release()
 
 
-class EnvDefinition(ABC):
-    """An environment family: identity, tasks, prompts, expert, and a factory for instances."""
+class EnvDefinition(ABC, Generic[PayloadT]):
+    """An environment family: identity, tasks, prompts, expert, and a factory for instances.
+
+    A family sets ``env_class`` (its :class:`EpisodeEnv` subclass, which declares the payload model) and implements
+    :meth:`derive_tasks`, the prompts, the expert and a wrong answer; the base caches the tasks, builds instances and
+    validates payloads. ``EnvDefinition[MyPayload]`` only tells a type checker what :meth:`payload` returns."""
 
     name: str  # family name, e.g. "db"
     version: int  # bump on any change to prompts, tasks or scoring
     description: str = ""
     max_turns: int = 10  # the family's default turn budget for an episode
     held_out: bool = False  # declare the family held-out for evaluation, whatever the training data holds
+    env_class: type[EpisodeEnv[PayloadT]]  # what make() builds for an episode
 
     @property
     def id(self) -> str:
@@ -217,8 +253,25 @@ class EnvDefinition(ABC):
 
     # --- tasks ---------------------------------------------------------------------------------------------
     @abstractmethod
+    def derive_tasks(self) -> Mapping[str, list[Task]]:
+        """Every task of both splits (keys ``"train"`` and ``"test"``), each in a deterministic order: the same lists
+        on every call and machine. Called once per definition, by :meth:`tasks`."""
+
     def tasks(self, split: Split) -> list[Task]:
-        """All tasks of a split, in a deterministic order (the same list on every call and machine)."""
+        """All tasks of a split, in a deterministic order: :meth:`derive_tasks`, run once per definition (thread-safe,
+        so concurrent first calls derive once); a fresh list on every call."""
+        if split not in ("train", "test"):
+            raise ValueError(f"unknown split {split!r}: use 'train' or 'test'")
+        state = vars(self)
+        with state.setdefault("_derive_lock", threading.Lock()):  # setdefault is atomic: one lock per definition
+            if "_derived_tasks" not in state:
+                state["_derived_tasks"] = dict(self.derive_tasks())
+        return list(state["_derived_tasks"][split])
+
+    def payload(self, task: Task) -> PayloadT:
+        """``task``'s payload as the family's payload model (its ``env_class``'s), for code outside an episode such
+        as the expert; :class:`PayloadError` naming the task if it does not fit."""
+        return parse_payload(self.env_class.payload_model, task)  # type: ignore[return-value]
 
     # --- prompts -------------------------------------------------------------------------------------------
     @property
@@ -256,9 +309,14 @@ class EnvDefinition(ABC):
         return hashlib.sha256(blob).hexdigest()[:16]
 
     # --- episodes ------------------------------------------------------------------------------------------
-    @abstractmethod
     def make(self) -> Environment:
-        """A fresh environment instance for one episode."""
+        """A fresh environment instance for one episode: ``env_class(self)`` (a family whose instances are not an
+        :class:`EpisodeEnv` overrides this instead)."""
+        env_class = getattr(self, "env_class", None)
+        if env_class is None:
+            raise TypeError(f"{type(self).__name__} sets no env_class: name the EpisodeEnv subclass that runs an "
+                            "episode (or override make())")
+        return env_class(self)
 
     @abstractmethod
     def expert(self, task: Task, history: list[Turn]) -> str:

@@ -4,7 +4,8 @@ It lives in ``rollout``, not ``envs``: it runs episodes through the engine and t
 depend on ``envs``, so here no package imports another that imports it back.
 
 It checks the contract (types, Gymnasium's terminated/truncated semantics, invalid actions as feedback), that tasks
-and resets are deterministic and the splits disjoint, that the expert solves every test task without a model (an
+and resets are deterministic and the splits disjoint, that every task's payload fits the environment's payload model
+(the one its instances validate against at reset), that the expert solves every test task without a model (an
 environment proves its own tasks before any model is blamed), and that a deliberately wrong answer scores 0.
 
 Then the adversarial suite, which uses only the :class:`EnvDefinition` API so every environment inherits it: the
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agenttuning.envs.base import EnvDefinition, Environment, StepResult
+from agenttuning.envs.base import EnvDefinition, Environment, PayloadError, StepResult, parse_payload
 from agenttuning.schema import Task, Turn, normalise_text
 
 CALL_TIME_LIMIT_S = 5.0  # the longest any reset or step may take, whatever the action
@@ -171,6 +172,21 @@ def check_env(env: EnvDefinition, *, max_tasks: int | None = None, concurrency: 
         _require(not shared, f"test instructions also in train: {shared[:3]}")
         return f"{len(splits['train'])} train / {len(splits['test'])} test"
 
+    def payloads() -> str:
+        instance = env.make()  # the payload model is the instance's: what reset() validates against
+        instance.close()
+        model = getattr(instance, "payload_model", None)
+        if model is None:
+            return "not checked: the instance is not an EpisodeEnv and declares no payload model"
+        bad = []
+        for task in splits["train"] + splits["test"]:
+            try:
+                parse_payload(model, task)
+            except PayloadError as e:
+                bad.append(str(e))
+        _require(not bad, f"{len(bad)} task payloads do not fit {model.__name__}: {bad[:3]}")
+        return f"{len(splits['train']) + len(splits['test'])} tasks fit {model.__name__}"
+
     def context() -> str:
         turns = env.context()
         _require(turns and turns[0].role == "user", "the context must start with a user turn")
@@ -306,6 +322,7 @@ def check_env(env: EnvDefinition, *, max_tasks: int | None = None, concurrency: 
     _run(report, "tasks deterministic, splits disjoint", tasks)
     _run(report, "context well-formed", context)
     if "test" in splits:
+        _run(report, "task payloads fit the payload model", payloads)
         _run(report, "reset deterministic, invalid actions are feedback", reset_and_step)
         _run(report, "expert solves every test task", lambda: sweep(lambda: ExpertPolicy(env), True))
         _run(report, "wrong answer scores 0", lambda: sweep(lambda: WrongPolicy(env), False))

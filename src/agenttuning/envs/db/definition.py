@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from agenttuning.envs.base import EnvDefinition, Environment, Split, TaskCache
+from agenttuning.envs.base import EnvDefinition
 from agenttuning.envs.db import data, expert, tasks
 from agenttuning.envs.db.env import MAX_ROWS_SHOWN, DbEnv
+from agenttuning.envs.db.payload import DbPayload
 from agenttuning.schema import Task, Turn
 
 _SYSTEM_PROMPT = """\
@@ -40,20 +41,18 @@ _EXAMPLE_SQL = (
 _EXAMPLE_RESULT = "[('Europe',)]"
 
 
-class DbDefinition(EnvDefinition):
+class DbDefinition(EnvDefinition[DbPayload]):
     """AgentBench's database task rebuilt on real geography data in SQLite (see the package docs)."""
 
     name = "db"
     version = 1
     description = "Answer questions about, and make changes to, a SQLite database of countries, cities and languages."
     max_turns = 10
-
-    def __init__(self) -> None:
-        self._tasks = TaskCache(lambda: tasks.derive_all(self.id))
+    env_class = DbEnv
 
     # --- tasks ---------------------------------------------------------------------------------------------
-    def tasks(self, split: Split) -> list[Task]:
-        return self._tasks.get(split)
+    def derive_tasks(self) -> dict[str, list[Task]]:
+        return tasks.derive_all(self.id)
 
     # --- prompts -------------------------------------------------------------------------------------------
     @property
@@ -79,14 +78,11 @@ class DbDefinition(EnvDefinition):
         return f"{question}\n\nThe database has these tables:\n{schema}"
 
     # --- episodes ------------------------------------------------------------------------------------------
-    def make(self) -> Environment:
-        return DbEnv(self)
-
     def expert(self, task: Task, history: list[Turn]) -> str:
-        return expert.expert_reply(task, history)
+        return expert.expert_reply(self.payload(task), history)
 
     def wrong_answer(self, task: Task) -> str:
-        return expert.wrong_reply(task)
+        return expert.wrong_reply(self.payload(task))
 
     def adversarial_actions(self, task: Task) -> list[str]:
         """Generic garbage, then SQL that destroys, shadows, runs away or asks for unbounded memory."""

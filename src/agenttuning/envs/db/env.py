@@ -18,7 +18,7 @@ import re
 import sqlite3
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agenttuning.envs.base import EpisodeEnv, StepResult
 from agenttuning.envs.db import data, grading
@@ -33,6 +33,7 @@ from agenttuning.envs.db.guards import (  # noqa: F401 - re-exported: the guards
     guarded_copy,
     take_refusal,
 )
+from agenttuning.envs.db.payload import DbPayload
 from agenttuning.schema import Task
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def text_problem(text: str) -> str | None:
     return None
 
 
-class DbEnv(EpisodeEnv):
+class DbEnv(EpisodeEnv[DbPayload]):
     """One episode of the ``db`` environment (create one per episode; used from one thread at a time).
 
     :class:`EpisodeEnv` owns the bookkeeping: every action, valid or not, uses a turn; when
@@ -124,7 +125,7 @@ class DbEnv(EpisodeEnv):
         self._stop = threading.Event()  # set by interrupt(); every budget of this episode checks it
         self._conn_lock = threading.Lock()  # orders interrupt() against the connection being replaced or closed
 
-    def start(self, task: Task) -> str:
+    def start(self, task: Task, payload: DbPayload) -> str:
         conn, authorizer = guarded_copy()
         with self._conn_lock:
             self._conn, self._authorizer = conn, authorizer
@@ -165,16 +166,17 @@ class DbEnv(EpisodeEnv):
         return self.invalid(f"unknown action {shown!r}; use 'Operation' with a ```sql``` block or 'Answer'")
 
     def _grade(self, text: str) -> StepResult:
-        assert self.task is not None and self._conn is not None
-        payload: dict[str, Any] = self.task.payload
+        assert self._conn is not None
+        gold = self.payload
         given = grading.parse_answer(text)
-        if payload["kind"] == "select":
-            gold = grading.gold_rows(payload["answer"])
-            success = grading.answers_match(given, gold, ordered=bool(payload.get("ordered")))
-        elif self._authorizer is not None and not self._authorizer.wrote:
-            success = pristine_hash(payload["table"]) == payload["table_hash"]
+        if gold.kind == "select":
+            success = grading.answers_match(given, grading.gold_rows(gold.answer), ordered=gold.ordered)
         else:
-            success = self._table_matches(payload["table"], payload["table_hash"])
+            assert gold.table is not None and gold.table_hash is not None  # DbPayload checks it for a change
+            if self._authorizer is not None and not self._authorizer.wrote:
+                success = pristine_hash(gold.table) == gold.table_hash
+            else:
+                success = self._table_matches(gold.table, gold.table_hash)
         return self.final(1.0 if success else 0.0, success, answer=given)
 
     def _table_matches(self, table: str, want: str) -> bool:

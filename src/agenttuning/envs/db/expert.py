@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agenttuning.schema import Task, Turn
+from agenttuning.envs.db.payload import DbPayload
+from agenttuning.schema import Turn
 
 
 def render_answer(rows: list[list[Any]]) -> str:
@@ -28,23 +29,23 @@ def _summary(rows: list[list[Any]]) -> str:
     return f"The query returned {len(rows)} row{'s' if len(rows) != 1 else ''}"
 
 
-def expert_reply(task: Task, history: list[Turn]) -> str:
-    p = task.payload
+def expert_reply(p: DbPayload, history: list[Turn]) -> str:
+    """The next reply for a task with payload ``p``: run the gold statement, then answer with its rows."""
     replies = sum(1 for t in history if t.role == "assistant")
     if replies == 0:
-        if p["kind"] == "select":
-            thought = f"I need {p['need']}; I will query {_tables(p['tables'])}."
+        if p.kind == "select":
+            thought = f"I need {p.need}; I will query {_tables(p.tables)}."
         else:
-            thought = f"I need to {p['need']}; one {p['kind'].upper()} on {_tables(p['tables'])} does it."
-        return f"Thought: {thought}\nAction: Operation\n```sql\n{p['sql']};\n```"
-    if p["kind"] == "select":
-        return (f"Thought: {_summary(p['answer'])}, so that is the answer.\n"
-                f"Action: Answer\nFinal Answer: {render_answer(p['answer'])}")
+            thought = f"I need to {p.need}; one {p.kind.upper()} on {_tables(p.tables)} does it."
+        return f"Thought: {thought}\nAction: Operation\n```sql\n{p.sql};\n```"
+    if p.kind == "select":
+        return (f"Thought: {_summary(p.answer)}, so that is the answer.\n"
+                f"Action: Answer\nFinal Answer: {render_answer(p.answer)}")
     return "Thought: The change is done.\nAction: Answer\nFinal Answer: []"
 
 
-def wrong_reply(task: Task) -> str:
+def wrong_reply(p: DbPayload) -> str:
     """Answers at once, with nothing queried or changed: wrong for every task (gold answers are never empty and
     every change alters its table)."""
-    answer = "[]" if task.payload["kind"] == "select" else "['done']"
+    answer = "[]" if p.kind == "select" else "['done']"
     return f"Thought: I will answer right away without looking at the database.\nAction: Answer\nFinal Answer: {answer}"

@@ -1,10 +1,10 @@
 """Derive the ``db`` tasks: run every template's gold SQL and keep the questions with one clear answer.
 
 Splits are assigned per *entity* (a country, sub-region, currency or language) by a SHA-256 of its key, so a test
-question never names something a training question names; any question whose normalised text still occurs in both
-splits is dropped from both. Per template at most :data:`CAP` questions are kept in each split, chosen in the order
-of a SHA-256 of their text, so the list is the same on every call and machine (for the same package versions,
-which :func:`agenttuning.envs.db.data.cache_key` tracks).
+question never names something a training question names. Selection follows the rule every family shares
+(:func:`agenttuning.envs.derivation.tasks_from_candidates`): per template at most :data:`CAP` questions in each
+split, in the order of a SHA-256 of their text, none whose text is in both splits; so the list is the same on every
+call and machine (for the same package versions, which :func:`agenttuning.envs.db.data.cache_key` tracks).
 
 A question is kept only when its gold answer is useful and unambiguous: 1 to :data:`MAX_ROWS` rows, no NULL, not a
 bare zero count, and no tie at an ``ORDER BY ... LIMIT`` boundary. A change is kept only when it alters at least one
@@ -13,27 +13,18 @@ row; its gold is the hash of the target table after the change, computed inside 
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from collections import defaultdict
 from typing import Any
 
-from agenttuning.envs.base import stable_int
+from agenttuning.envs import derivation
 from agenttuning.envs.db import data, grading
 from agenttuning.envs.db.templates import TEMPLATE_SOURCES, Candidate, World
-from agenttuning.schema import Task, normalise_text
+from agenttuning.schema import Task
 
 TEST_PERCENT = 20  # share of entities in the test split
 CAP = {"train": 26, "test": 7}  # questions kept per template and split
 MAX_ROWS = 20  # longer gold answers are dropped: the agent sees at most 50 rows and must repeat them all
-
-
-def split_of(entity: str) -> str:
-    return "test" if stable_int("db-split", entity) % 100 < TEST_PERCENT else "train"
-
-
-def _sort_key(c: Candidate) -> str:
-    return hashlib.sha256(f"{c.template}\x1f{c.question}".encode()).hexdigest()
 
 
 class _Scopes:
@@ -88,51 +79,18 @@ def derive(conn: sqlite3.Connection, env_id: str) -> dict[str, list[Task]]:
     by_split: dict[str, list[Candidate]] = {"train": [], "test": []}
     for source in TEMPLATE_SOURCES:
         for c in source(world):
-            by_split[split_of(c.entity)].append(c)
-    texts = {sp: {normalise_text(c.question) for c in cs} for sp, cs in by_split.items()}
-    shared = texts["train"] & texts["test"]
-
+            by_split[derivation.split_of("db-split", c.entity, TEST_PERCENT)].append(c)
     scopes: dict[tuple[str, str], _Scopes] = {}
-    out: dict[str, list[Task]] = {}
-    for split, candidates in by_split.items():
-        per_template: dict[str, list[Candidate]] = defaultdict(list)
-        for c in sorted(candidates, key=_sort_key):
-            per_template[c.template].append(c)
-        kept: list[tuple[Candidate, dict[str, Any]]] = []
-        seen: set[str] = set()
-        for template in sorted(per_template):
-            n = 0
-            for c in per_template[template]:
-                text = normalise_text(c.question)
-                if n >= CAP[split] or text in shared or text in seen:
-                    continue
-                extra = _select_payload(conn, c) if c.kind == "select" else _change_payload(conn, c, scopes)
-                if extra is None:
-                    continue
-                seen.add(text)
-                kept.append((c, extra))
-                n += 1
-        kept.sort(key=lambda ce: _sort_key(ce[0]))
-        out[split] = [
-            Task(
-                id=f"db-{split}-{i:05d}",
-                env=env_id,
-                split=split,
-                instruction=c.question,
-                payload={
-                    "template": c.template,
-                    "entity": c.entity,
-                    "kind": c.kind,
-                    "sql": c.sql,
-                    "ordered": c.ordered,
-                    "need": c.need,
-                    "tables": list(c.tables),
-                    **extra,
-                },
-            )
-            for i, (c, extra) in enumerate(kept)
-        ]
-    return out
+
+    def payload(c: Candidate) -> dict[str, Any] | None:
+        """The task payload of a candidate whose gold is useful (see the module docs), else None."""
+        gold = _select_payload(conn, c) if c.kind == "select" else _change_payload(conn, c, scopes)
+        if gold is None:
+            return None
+        return {"template": c.template, "entity": c.entity, "kind": c.kind, "sql": c.sql, "ordered": c.ordered,
+                "need": c.need, "tables": list(c.tables), **gold}
+
+    return derivation.tasks_from_candidates(by_split, family="db", env_id=env_id, cap=CAP, payload=payload)
 
 
 def derive_all(env_id: str) -> dict[str, list[Task]]:

@@ -13,11 +13,9 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
 
-from agenttuning.envs.base import stable_int
-
-Kind = Literal["select", "insert", "update", "delete"]
+from agenttuning.envs.db.payload import Kind
+from agenttuning.envs.derivation import stable_int
 
 
 @dataclass(frozen=True)
@@ -129,15 +127,15 @@ def country_questions(w: World) -> Iterator[Candidate]:
         yield mk("count_cities_above", f"How many cities in {name} have more than {threshold} inhabitants?",
                  f"SELECT COUNT(*) FROM cities WHERE {in_c} AND population > {threshold}",
                  f"the number of cities in {name} above {threshold} people", ("cities", "countries"))
-        yield mk("avg_city_population", f"What is the average population of the cities of {name}?",
-                 f"SELECT AVG(population) FROM cities WHERE {in_c}",
-                 f"the average city population in {name}", ("cities", "countries"))
-        yield mk("max_city_population", f"How many people live in the most populous city of {name}?",
-                 f"SELECT MAX(population) FROM cities WHERE {in_c}",
-                 f"the largest city population in {name}", ("cities", "countries"))
-        yield mk("timezone_count", f"How many different time zones do the cities of {name} use?",
-                 f"SELECT COUNT(DISTINCT timezone) FROM cities WHERE {in_c}",
-                 f"the distinct time zones of the cities in {name}", ("cities", "countries"))
+        for template, question, aggregate, need in (  # one aggregate over all the country's cities
+            ("avg_city_population", f"What is the average population of the cities of {name}?", "AVG(population)",
+             f"the average city population in {name}"),
+            ("max_city_population", f"How many people live in the most populous city of {name}?", "MAX(population)",
+             f"the largest city population in {name}"),
+            ("timezone_count", f"How many different time zones do the cities of {name} use?",
+             "COUNT(DISTINCT timezone)", f"the distinct time zones of the cities in {name}"),
+        ):
+            yield mk(template, question, f"SELECT {aggregate} FROM cities WHERE {in_c}", need, ("cities", "countries"))
         k = _pick([3, 5], "top", a2)
         yield mk("top_cities", f"What are the {k} most populous cities of {name}, from largest to smallest?",
                  f"SELECT name FROM cities WHERE {in_c} ORDER BY population DESC LIMIT {k}",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from agenttuning.envs.base import EnvDefinition, Environment, Split, TaskCache
+from agenttuning.envs.base import EnvDefinition
 from agenttuning.envs.kg import data, env, expert, tasks, tools
 from agenttuning.envs.kg.env import KgEnv
+from agenttuning.envs.kg.payload import KgPayload
 from agenttuning.schema import Task, Turn
 
 _SYSTEM_PROMPT = """\
@@ -44,20 +45,18 @@ _EXAMPLE_STEPS = (
 )
 
 
-class KgDefinition(EnvDefinition):
+class KgDefinition(EnvDefinition[KgPayload]):
     """AgentBench's knowledge-graph task rebuilt on real geography data (see the package docs)."""
 
     name = "kg"
     version = 1
     description = "Answer multi-hop questions over a knowledge graph of countries, cities, currencies and languages."
     max_turns = 8
-
-    def __init__(self) -> None:
-        self._tasks = TaskCache(lambda: tasks.derive(data.graph(), self.id))
+    env_class = KgEnv
 
     # --- tasks ---------------------------------------------------------------------------------------------
-    def tasks(self, split: Split) -> list[Task]:
-        return self._tasks.get(split)
+    def derive_tasks(self) -> dict[str, list[Task]]:
+        return tasks.derive(data.graph(), self.id)
 
     # --- prompts -------------------------------------------------------------------------------------------
     @property
@@ -88,18 +87,15 @@ class KgDefinition(EnvDefinition):
         return f"Question: {question}\nEntities: [{', '.join(entities)}]"
 
     # --- episodes ------------------------------------------------------------------------------------------
-    def make(self) -> Environment:
-        return KgEnv(self)
-
     def expert(self, task: Task, history: list[Turn]) -> str:
-        return expert.expert_reply(task, history)
+        return expert.expert_reply(self.payload(task), history)
 
     def wrong_answer(self, task: Task) -> str:
-        return expert.wrong_reply(task)
+        return expert.wrong_reply()
 
     def adversarial_actions(self, task: Task) -> list[str]:
         """Generic garbage, then tool calls at the size limits, on undefined variables and with odd arguments."""
-        entity = task.payload["entities"][0]
+        entity = self.payload(task).entities[0]
         near = "x" * (tools.MAX_NAME_CHARS - 1)  # the longest name still searched for near matches
         return super().adversarial_actions(task) + [
             f"get_relations({near})",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from agenttuning.envs.base import EpisodeEnv, StepResult
 from agenttuning.envs.kg import data, grading, tools
+from agenttuning.envs.kg.payload import KgPayload
 from agenttuning.schema import Task
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 MAX_ACTION_CHARS = 2000  # longer actions are refused unread
 
 
-class KgEnv(EpisodeEnv):
+class KgEnv(EpisodeEnv[KgPayload]):
     """One episode of the ``kg`` environment (create one per episode; single-threaded). :class:`EpisodeEnv` owns the
     turn budget, reset before step and the invalid and final results."""
 
@@ -31,12 +32,12 @@ class KgEnv(EpisodeEnv):
         super().__init__(definition)
         self._session: tools.Session | None = None
 
-    def start(self, task: Task) -> str:
+    def start(self, task: Task, payload: KgPayload) -> str:
         self._session = tools.Session(data.graph())
-        return self.definition.observation(task.instruction, task.payload["entities"])
+        return self.definition.observation(task.instruction, payload.entities)
 
     def act(self, action: str) -> StepResult:
-        assert self._session is not None and self.task is not None
+        assert self._session is not None
         if len(action) > MAX_ACTION_CHARS:
             return self.invalid(f"the action is longer than {MAX_ACTION_CHARS} characters; send one tool call")
         try:
@@ -47,7 +48,7 @@ class KgEnv(EpisodeEnv):
                 return StepResult(self._session.run(parsed), info={"tool": parsed.tool})
         except tools.InvalidAction as e:
             return self.invalid(str(e))
-        reward, success = grading.score(value, self.task.payload)
+        reward, success = grading.score(value, self.payload.kind, self.payload.answer)
         return self.final(reward, success, answer=grading.as_json(value))
 
     def release(self) -> None:

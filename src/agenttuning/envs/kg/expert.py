@@ -10,31 +10,31 @@ from __future__ import annotations
 import re
 
 from agenttuning.envs.kg import data
-from agenttuning.schema import Task, Turn
+from agenttuning.envs.kg.payload import KgPayload
+from agenttuning.schema import Turn
 
 _NEW_VARIABLE = re.compile(r"^#\d+ = ")
 
 
-def _summary(task: Task, k: int) -> str:
-    answer = task.payload["answer"]
-    if task.payload["kind"] == "count":
-        return f"#{k} = {answer}, which answers the question."
-    if len(answer) <= 3:
-        names = answer[0] if len(answer) == 1 else ", ".join(answer[:-1]) + f" and {answer[-1]}"
+def _summary(p: KgPayload, k: int) -> str:
+    if isinstance(p.answer, int):
+        return f"#{k} = {p.answer}, which answers the question."
+    if len(p.answer) <= 3:
+        names = p.answer[0] if len(p.answer) == 1 else ", ".join(p.answer[:-1]) + f" and {p.answer[-1]}"
         return f"#{k} holds {names}, which answers the question."
-    kind = data.graph().kind[answer[0]]
-    return f"#{k} holds the {len(answer)} {data.PLURAL[kind]} that answer the question."
+    kind = data.graph().kind[p.answer[0]]
+    return f"#{k} holds the {len(p.answer)} {data.PLURAL[kind]} that answer the question."
 
 
-def expert_reply(task: Task, history: list[Turn]) -> str:
-    plan = task.payload["plan"]
+def expert_reply(p: KgPayload, history: list[Turn]) -> str:
+    """The next reply for a task with payload ``p``: the next step of its plan, or the answer once it is done."""
     done = sum(1 for t in history[1:] if t.role == "user" and _NEW_VARIABLE.match(t.content))
-    if done < len(plan):
-        return f"Thought: {plan[done]['thought']}\nAction: {plan[done]['action']}"
-    last = len(plan) - 1
-    return f"Thought: {_summary(task, last)}\nAction: Final Answer: #{last}"
+    if done < len(p.plan):
+        return f"Thought: {p.plan[done].thought}\nAction: {p.plan[done].action}"
+    last = len(p.plan) - 1
+    return f"Thought: {_summary(p, last)}\nAction: Final Answer: #{last}"
 
 
-def wrong_reply(task: Task) -> str:
+def wrong_reply() -> str:
     """Answers at once with the number 0: wrong for every task (gold sets are never empty, gold counts never 0)."""
     return "Thought: I will answer right away without looking at the graph.\nAction: Final Answer: 0"

@@ -10,14 +10,14 @@ AgentBench grades its knowledge-graph task by F1 over the answer entities (and e
 
 >>> f1({"a", "b"}, {"b", "c"})
 0.5
->>> score(EntitySet("country", frozenset({"Peru"})), {"kind": "set", "answer": ["Peru", "Chile"]})
+>>> score(EntitySet("country", frozenset({"Peru"})), "set", ["Peru", "Chile"])
 (0.6666666666666666, False)
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
+from typing import Literal
 
 from agenttuning.envs.kg.tools import EntitySet, Number, Value
 
@@ -31,14 +31,15 @@ def f1(given: Collection[str], gold: Collection[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def score(value: Value, payload: dict[str, Any]) -> tuple[float, bool]:
-    """(reward, success) of a final answer for a task's payload (``kind`` "set" or "count", ``answer``)."""
-    if payload["kind"] == "count":
-        ok = isinstance(value, Number) and value.value == payload["answer"]
+def score(value: Value, kind: Literal["set", "count"], answer: Collection[str] | int) -> tuple[float, bool]:
+    """(reward, success) of a final answer to a question of ``kind`` whose gold is ``answer`` (a task's
+    :class:`~agenttuning.envs.kg.payload.KgPayload` holds both)."""
+    if kind == "count":
+        ok = isinstance(value, Number) and value.value == answer
         return (1.0 if ok else 0.0), ok
-    if not isinstance(value, EntitySet):
+    if not isinstance(value, EntitySet) or isinstance(answer, int):
         return 0.0, False
-    reward = f1(value.members, payload["answer"])
+    reward = f1(value.members, answer)
     return reward, reward == 1.0
 
 

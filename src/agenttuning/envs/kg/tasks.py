@@ -4,9 +4,10 @@ Splits are assigned by *entity*: every country (a city goes with its country), c
 split by a SHA-256 of its stable key (:data:`TEST_PERCENT` to test), and a question goes to the split of the entities
 it names; a question that names entities of both splits is dropped (continents and sub-regions are shared by
 everything and decide nothing). So no test question names a country, city, currency or language that a training
-question names, and no question text is in both splits. Per template at most :data:`CAP` questions are kept in each
-split, chosen in the order of a SHA-256 of their text: the same list on every call and machine (for the same package
-versions, which the db environment's cache key tracks).
+question names. Selection follows the rule every family shares
+(:func:`agenttuning.envs.derivation.tasks_from_candidates`): per template at most :data:`CAP` questions in each
+split, in the order of a SHA-256 of their text, none whose text is in both splits; the same list on every call and
+machine (for the same package versions, which the db environment's cache key tracks).
 
 Kept: set answers of 1 to :data:`MAX_ANSWER` entities, counts of at least 1 (a 0 would mean the plan's relation is
 missing).
@@ -14,10 +15,9 @@ missing).
 
 from __future__ import annotations
 
-import hashlib
-from collections import defaultdict
+from typing import Any
 
-from agenttuning.envs.base import stable_int
+from agenttuning.envs import derivation
 from agenttuning.envs.kg.data import Graph
 from agenttuning.envs.kg.templates import TEMPLATES, Candidate
 from agenttuning.schema import Task, normalise_text
@@ -27,14 +27,10 @@ CAP = {"train": 36, "test": 14}  # questions kept per template and split
 MAX_ANSWER = 20  # larger gold sets are dropped
 
 
-def split_of(key: str) -> str:
-    return "test" if stable_int("kg-split", key) % 100 < TEST_PERCENT else "train"
-
-
 def question_split(g: Graph, c: Candidate) -> str | None:
     """The split of a candidate, or None when it names entities of both splits."""
-    keys = {k for e in c.entities if (k := g.split_key(e)) is not None}
-    splits = {split_of(k) for k in keys} or {split_of("question:" + normalise_text(c.question))}
+    keys = {k for e in c.entities if (k := g.split_key(e)) is not None} or {"question:" + normalise_text(c.question)}
+    splits = {derivation.split_of("kg-split", k, TEST_PERCENT) for k in keys}
     return splits.pop() if len(splits) == 1 else None
 
 
@@ -44,8 +40,14 @@ def _useful(c: Candidate) -> bool:
     return 1 <= len(c.answer) <= MAX_ANSWER  # type: ignore[arg-type]
 
 
-def _sort_key(c: Candidate) -> str:
-    return hashlib.sha256(f"{c.template}\x1f{c.question}".encode()).hexdigest()
+def _payload(c: Candidate) -> dict[str, Any]:
+    return {
+        "template": c.template,
+        "entities": list(c.entities),
+        "kind": c.kind,
+        "answer": c.answer if isinstance(c.answer, int) else list(c.answer),
+        "plan": [{"action": a, "thought": t} for a, t in c.plan],
+    }
 
 
 def derive(g: Graph, env_id: str) -> dict[str, list[Task]]:
@@ -56,33 +58,4 @@ def derive(g: Graph, env_id: str) -> dict[str, list[Task]]:
             split = question_split(g, c)
             if split is not None and _useful(c):
                 by_split[split].append(c)
-    texts = {sp: {normalise_text(c.question) for c in cs} for sp, cs in by_split.items()}
-    shared = texts["train"] & texts["test"]
-
-    out: dict[str, list[Task]] = {}
-    for split, candidates in by_split.items():
-        per_template: dict[str, list[Candidate]] = defaultdict(list)
-        seen: set[str] = set()
-        for c in sorted(candidates, key=_sort_key):
-            text = normalise_text(c.question)
-            if len(per_template[c.template]) < CAP[split] and text not in shared and text not in seen:
-                seen.add(text)
-                per_template[c.template].append(c)
-        kept = sorted((c for cs in per_template.values() for c in cs), key=_sort_key)
-        out[split] = [
-            Task(
-                id=f"kg-{split}-{i:05d}",
-                env=env_id,
-                split=split,
-                instruction=c.question,
-                payload={
-                    "template": c.template,
-                    "entities": list(c.entities),
-                    "kind": c.kind,
-                    "answer": c.answer if isinstance(c.answer, int) else list(c.answer),
-                    "plan": [{"action": a, "thought": t} for a, t in c.plan],
-                },
-            )
-            for i, c in enumerate(kept)
-        ]
-    return out
+    return derivation.tasks_from_candidates(by_split, family="kg", env_id=env_id, cap=CAP, payload=_payload)

@@ -46,6 +46,22 @@ def _count(template: str, question: str, entities: tuple[str, ...], plan: list[t
     return Candidate(template, question, entities, tuple(plan), answer, kind="count")
 
 
+def _chain(g: Graph, template: str, question: str, start: str, hops: list[tuple[str, str]], *,
+           count: str | None = None) -> Candidate:
+    """A question answered by following relations one after another from ``start``: one ``get_neighbors`` per
+    (relation, thought) in ``hops``, from ``start`` and then from the variable the call before made, and, with a
+    ``count`` thought, a final ``count``. The gold answer follows the graph's own edges the same way, so a plan and
+    its answer cannot drift apart."""
+    plan, reached = [], frozenset([start])
+    for i, (relation, thought) in enumerate(hops):
+        plan.append((f"get_neighbors({start if i == 0 else f'#{i - 1}'}, {relation})", thought))
+        reached = hop(g, reached, relation)
+    if count is None:
+        return _set(template, question, (start,), plan, reached)
+    plan.append((f"count(#{len(hops) - 1})", count))
+    return _count(template, question, (start,), plan, len(reached))
+
+
 def _countries(g: Graph) -> list[str]:
     return [c for c in g.of_kind("country") if plain(c)]
 
@@ -63,45 +79,44 @@ def _capitals(g: Graph) -> Iterator[tuple[str, str]]:
 
 def neighbour_count(g: Graph) -> Iterator[Candidate]:
     for c in _countries(g):
-        n = len(g.neighbors(c, "borders"))
-        yield _count("neighbour_count", f"How many countries share a land border with {c}?", (c,), [
-            (f"get_neighbors({c}, borders)", f"The borders relation of {c} gives the countries next to it."),
-            ("count(#0)", "#0 holds those countries; I count them."),
-        ], n)
+        yield _chain(g, "neighbour_count", f"How many countries share a land border with {c}?", c, [
+            ("borders", f"The borders relation of {c} gives the countries next to it."),
+        ], count="#0 holds those countries; I count them.")
 
 
 def capital_currency(g: Graph) -> Iterator[Candidate]:
     for _, cap in _capitals(g):
-        yield _set("capital_currency", f"What currency is used in the country whose capital is {cap}?", (cap,), [
-            (f"get_neighbors({cap}, capital_of)", f"{cap} is a city; capital_of gives the country it is capital of."),
-            ("get_neighbors(#0, currency)", "#0 is that country; its currency relation gives the currency."),
-        ], hop(g, hop(g, [cap], "capital_of"), "currency"))
+        yield _chain(g, "capital_currency", f"What currency is used in the country whose capital is {cap}?", cap, [
+            ("capital_of", f"{cap} is a city; capital_of gives the country it is capital of."),
+            ("currency", "#0 is that country; its currency relation gives the currency."),
+        ])
 
 
 def capital_languages(g: Graph) -> Iterator[Candidate]:
     for _, cap in _capitals(g):
-        yield _set("capital_languages", f"Which languages are spoken in the country whose capital is {cap}?", (cap,), [
-            (f"get_neighbors({cap}, capital_of)", f"First I find the country whose capital is {cap}."),
-            ("get_neighbors(#0, languages)", "#0 is that country; its languages relation lists its languages."),
-        ], hop(g, hop(g, [cap], "capital_of"), "languages"))
+        yield _chain(g, "capital_languages", f"Which languages are spoken in the country whose capital is {cap}?",
+                     cap, [
+            ("capital_of", f"First I find the country whose capital is {cap}."),
+            ("languages", "#0 is that country; its languages relation lists its languages."),
+        ])
 
 
 def city_continent(g: Graph) -> Iterator[Candidate]:
     for c in _countries(g):
         for city in sorted(g.neighbors(c, "major_cities") - g.neighbors(c, "capital")):
             if plain(city):
-                yield _set("city_continent", f"On which continent is the country where {city} lies?", (city,), [
-                    (f"get_neighbors({city}, country)", f"{city} is a city; its country relation gives its country."),
-                    ("get_neighbors(#0, continent)", "#0 is that country; now I need its continent."),
-                ], hop(g, hop(g, [city], "country"), "continent"))
+                yield _chain(g, "city_continent", f"On which continent is the country where {city} lies?", city, [
+                    ("country", f"{city} is a city; its country relation gives its country."),
+                    ("continent", "#0 is that country; now I need its continent."),
+                ])
 
 
 def neighbour_capitals(g: Graph) -> Iterator[Candidate]:
     for c in _countries(g):
-        yield _set("neighbour_capitals", f"What are the capitals of the countries that border {c}?", (c,), [
-            (f"get_neighbors({c}, borders)", f"First I find the countries that border {c}."),
-            ("get_neighbors(#0, capital)", "#0 holds the neighbours; the capital relation gives their capitals."),
-        ], hop(g, hop(g, [c], "borders"), "capital"))
+        yield _chain(g, "neighbour_capitals", f"What are the capitals of the countries that border {c}?", c, [
+            ("borders", f"First I find the countries that border {c}."),
+            ("capital", "#0 holds the neighbours; the capital relation gives their capitals."),
+        ])
 
 
 def border_both(g: Graph) -> Iterator[Candidate]:
@@ -131,23 +146,22 @@ def neighbour_same_currency(g: Graph) -> Iterator[Candidate]:
 
 def continent_count(g: Graph) -> Iterator[Candidate]:
     for c in _countries(g):
-        yield _count("continent_count", f"How many countries are in the continent that {c} is in?", (c,), [
-            (f"get_neighbors({c}, continent)", f"First the continent of {c}."),
-            ("get_neighbors(#0, countries)", "#0 is that continent; its countries relation lists its countries."),
-            ("count(#1)", "#1 holds them; I count them."),
-        ], len(hop(g, hop(g, [c], "continent"), "countries")))
+        yield _chain(g, "continent_count", f"How many countries are in the continent that {c} is in?", c, [
+            ("continent", f"First the continent of {c}."),
+            ("countries", "#0 is that continent; its countries relation lists its countries."),
+        ], count="#1 holds them; I count them.")
 
 
 def currency_users_count(g: Graph) -> Iterator[Candidate]:
     for c in _countries(g):
-        n = len(hop(g, hop(g, [c], "currency"), "used_in"))
-        if n >= 2:  # a currency only one country uses makes "how many" trivial
-            yield _count("currency_users_count",
-                         f"How many countries use the currency of {c}, counting {c} itself?", (c,), [
-                (f"get_neighbors({c}, currency)", f"First the currency of {c}."),
-                ("get_neighbors(#0, used_in)", "#0 is that currency; used_in gives the countries using it."),
-                ("count(#1)", "#1 holds them; I count them."),
-            ], n)
+        candidate = _chain(g, "currency_users_count",
+                           f"How many countries use the currency of {c}, counting {c} itself?", c, [
+            ("currency", f"First the currency of {c}."),
+            ("used_in", "#0 is that currency; used_in gives the countries using it."),
+        ], count="#1 holds them; I count them.")
+        # a currency only one country uses makes "how many" trivial
+        if candidate.answer >= 2:  # type: ignore[operator]
+            yield candidate
 
 
 def language_in_continent(g: Graph) -> Iterator[Candidate]:
@@ -167,25 +181,23 @@ def language_in_continent(g: Graph) -> Iterator[Candidate]:
 
 def capital_neighbour_currencies(g: Graph) -> Iterator[Candidate]:
     for _, cap in _capitals(g):
-        yield _set("capital_neighbour_currencies",
-                   f"Which currencies are used by the countries that border the country whose capital is {cap}?",
-                   (cap,), [
-            (f"get_neighbors({cap}, capital_of)", f"First the country whose capital is {cap}."),
-            ("get_neighbors(#0, borders)", "#0 is that country; next the countries that border it."),
-            ("get_neighbors(#1, currency)", "#1 holds the neighbours; their currency relation gives the currencies."),
-        ], hop(g, hop(g, hop(g, [cap], "capital_of"), "borders"), "currency"))
+        yield _chain(g, "capital_neighbour_currencies",
+                     f"Which currencies are used by the countries that border the country whose capital is {cap}?",
+                     cap, [
+            ("capital_of", f"First the country whose capital is {cap}."),
+            ("borders", "#0 is that country; next the countries that border it."),
+            ("currency", "#1 holds the neighbours; their currency relation gives the currencies."),
+        ])
 
 
 def capital_subregion_count(g: Graph) -> Iterator[Candidate]:
     for _, cap in _capitals(g):
-        country = hop(g, [cap], "capital_of")
-        yield _count("capital_subregion_count",
-                     f"How many countries are in the subregion of the country whose capital is {cap}?", (cap,), [
-            (f"get_neighbors({cap}, capital_of)", f"First the country whose capital is {cap}."),
-            ("get_neighbors(#0, subregion)", "#0 is that country; next its subregion."),
-            ("get_neighbors(#1, countries)", "#1 is the subregion; its countries relation lists its countries."),
-            ("count(#2)", "#2 holds them; I count them."),
-        ], len(hop(g, hop(g, country, "subregion"), "countries")))
+        yield _chain(g, "capital_subregion_count",
+                     f"How many countries are in the subregion of the country whose capital is {cap}?", cap, [
+            ("capital_of", f"First the country whose capital is {cap}."),
+            ("subregion", "#0 is that country; next its subregion."),
+            ("countries", "#1 is the subregion; its countries relation lists its countries."),
+        ], count="#2 holds them; I count them.")
 
 
 TEMPLATES: tuple[Callable[[Graph], Iterator[Candidate]], ...] = (
