@@ -15,17 +15,20 @@ converts through its derived conversation (:func:`agenttuning.schema.conversatio
   Conversations that are empty or have no assistant turn are dropped and counted, not errors.
 - **OpenAI messages**: ``{"id", "messages": [{"role", "content"}], "loss": [...]}`` (``loss`` optional on input).
 
-Every reader validates every record and raises :class:`~agenttuning.jsonl.RecordError` naming the file and line
-(or ``row N`` for JSON lists and parquet) before returning anything. Round trips are lossless where the target
-holds the information: AgentInstruct has no system turns (writing one is an error); ShareGPT writes ``loss`` only
-when some assistant turn is untrained; none of the layouts stores ``source``, which the reader is told.
+One conversion per record, whatever the layout (:func:`example_from_record`, Example records and trajectories
+included), and one loop over files (:func:`read_layout`); the ``read_<layout>`` functions read one given layout, and
+:func:`agenttuning.data.reader.read_data`, the reader the stages call, tells the layout itself and reads Hugging Face
+dataset ids too. Every reader validates every record and raises :class:`~agenttuning.jsonl.RecordError` naming the
+file and line (or ``row N`` for JSON lists and parquet) before returning anything. Round trips are lossless where
+the target holds the information: AgentInstruct has no system turns (writing one is an error); ShareGPT writes
+``loss`` only when some assistant turn is untrained; none of the layouts stores ``source``, which the reader is told.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +40,8 @@ from agenttuning.rollout.react import step_from_reply
 from agenttuning.schema import Step, Task, Trajectory, Turn, conversation, to_openai_messages
 
 AGENTINSTRUCT_FAMILIES = ("os", "db", "alfworld", "webshop", "kg", "mind2web")
+Layout = Literal["examples", "agentinstruct", "sharegpt", "openai", "trajectories"]
+LAYOUTS: tuple[Layout, ...] = ("examples", "agentinstruct", "sharegpt", "openai", "trajectories")
 SHAREGPT_ROLES = {
     "human": "user", "user": "user",
     "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
@@ -56,11 +61,19 @@ def agentinstruct_schema() -> Any:
 
 @dataclass(frozen=True)
 class Loaded:
-    """What a reader returns: the examples in file order, drops by reason, and the files read."""
+    """What a reader returns: the examples in file order, drops by reason, the files read, and the layout each file
+    (or Hub dataset split, ``id[split]``) was read in."""
 
     examples: list[Example]
     dropped: Counter[str] = field(default_factory=Counter)
     files: list[Path] = field(default_factory=list)
+    layouts: dict[str, Layout] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> Layout | None:
+        """The one layout everything was read in; None when files differ or no record was read."""
+        kinds = set(self.layouts.values())
+        return kinds.pop() if len(kinds) == 1 else None
 
 
 def file_family(path: str | os.PathLike[str]) -> str:
@@ -166,8 +179,7 @@ def from_agentinstruct_record(record: dict[str, Any], *, family: str, source: So
 
 def read_agentinstruct(path: str | os.PathLike[str], *, source: Source = "agent") -> Loaded:
     """Read AgentInstruct records from a file or a directory; each file's family comes from its name."""
-    rows = read_all(path, lambda f, r, _: from_agentinstruct_record(r, family=file_family(f), source=source))
-    return Loaded([ex for _, _, ex in rows], Counter(), data_files(path))
+    return read_layout(path, "agentinstruct", source=source)
 
 
 def write_agentinstruct(
@@ -248,22 +260,12 @@ def _example(record: dict[str, Any], turns: list[Turn], default_id: str, family:
     return Example(id=_id(record, default_id), source=source, family=family, turns=turns)
 
 
-def _read_dropping(path: str | os.PathLike[str], convert: Any, family: str | None, source: Source) -> Loaded:
-    def one(f: Path, r: dict[str, Any], line: int) -> Example | str:
-        return convert(r, default_id=f"{f.stem}-{line}", family=family or file_family(f), source=source)
-
-    rows = read_all(path, one)
-    kept = [x for _, _, x in rows if isinstance(x, Example)]
-    dropped = Counter(x for _, _, x in rows if isinstance(x, str))
-    return Loaded(kept, dropped, data_files(path))
-
-
 def read_sharegpt(path: str | os.PathLike[str], *, family: str | None = None, source: Source = "general") -> Loaded:
     """Read ShareGPT conversations (file or directory); empty ones and ones with no assistant turn are counted out.
 
     ``family`` defaults to the file's name (``sharegpt.jsonl`` -> ``sharegpt``); a missing id becomes ``<stem>-<line>``.
     """
-    return _read_dropping(path, from_sharegpt_record, family, source)
+    return read_layout(path, "sharegpt", family=family, source=source)
 
 
 def write_sharegpt(examples: Iterable[Example], path: str | os.PathLike[str]) -> int:
@@ -302,7 +304,7 @@ def from_openai_record(
 
 def read_openai(path: str | os.PathLike[str], *, family: str | None = None, source: Source = "general") -> Loaded:
     """Read OpenAI-messages records (file or directory), dropping empty / assistant-less ones as ShareGPT does."""
-    return _read_dropping(path, from_openai_record, family, source)
+    return read_layout(path, "openai", family=family, source=source)
 
 
 def write_openai(examples: Iterable[Example], path: str | os.PathLike[str]) -> int:
@@ -321,4 +323,66 @@ def write_examples(examples: Iterable[Example], path: str | os.PathLike[str]) ->
 
 def read_examples(path: str | os.PathLike[str]) -> list[Example]:
     """Read Example records from a JSONL, JSON-list or parquet file or a directory (RecordError names file:line)."""
-    return [ex for _, _, ex in read_all(path, lambda _f, r, _line: Example.model_validate(r))]
+    return read_layout(path, "examples").examples
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Any layout: one conversion per record, one loop over files
+
+
+_LAYOUT_SOURCE: dict[Layout, Source] = {"agentinstruct": "agent", "trajectories": "agent", "sharegpt": "general",
+                                        "openai": "general"}  # fmt: skip
+
+
+def example_from_record(
+    record: dict[str, Any], layout: Layout, *, family: str, default_id: str, source: Source | None = None
+) -> Example | str:
+    """One record in ``layout`` -> Example, or the reason a ShareGPT / OpenAI record is dropped (``'empty'``...).
+
+    ``family`` names the examples of layouts that hold none (AgentInstruct, ShareGPT, OpenAI); Example records and
+    trajectories carry their own. ``source`` None keeps the layout's own: ``agent`` for AgentInstruct and
+    trajectories, ``general`` for ShareGPT and OpenAI, the record's for Example records; given, it replaces it.
+    ``default_id`` is the id of a ShareGPT / OpenAI record that has none. ValueError says what is wrong.
+    """
+    if layout == "sharegpt":
+        return from_sharegpt_record(record, default_id=default_id, family=family, source=source or "general")
+    if layout == "openai":
+        return from_openai_record(record, default_id=default_id, family=family, source=source or "general")
+    if layout == "agentinstruct":
+        return from_agentinstruct_record(record, family=family, source=source or "agent")
+    if layout == "examples":
+        ex = Example.model_validate(record)
+    elif layout == "trajectories":
+        ex = from_trajectory(Trajectory.model_validate(record))
+    else:
+        raise ValueError(f"unknown layout {layout!r} (one of {', '.join(LAYOUTS)})")
+    return ex if source is None or ex.source == source else ex.model_copy(update={"source": source})
+
+
+def read_layout(
+    path: str | os.PathLike[str],
+    layout: Layout | Callable[[dict[str, Any]], Layout],
+    *,
+    family: str | None = None,
+    source: Source | None = None,
+) -> Loaded:
+    """Every record of a file or folder (JSONL, JSON list, parquet) as examples, each file read in one layout.
+
+    ``layout`` is that layout, or a function telling it from each file's first record (the reader's
+    :func:`agenttuning.data.reader.detect_layout`), so a folder may mix layouts file by file. ``family`` defaults to
+    the file's name (``db.jsonl`` -> ``db``), a missing ShareGPT / OpenAI id to ``<stem>-<line>``; ``source`` as for
+    :func:`example_from_record`. Everything is validated before anything is returned; RecordError names file:line.
+    """
+    if isinstance(layout, str) and layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r} (one of {', '.join(LAYOUTS)})")
+    layouts: dict[str, Layout] = {}
+
+    def one(f: Path, r: dict[str, Any], line: int) -> Example | str:
+        kind = layouts.get(str(f)) or layouts.setdefault(str(f), layout if isinstance(layout, str) else layout(r))
+        return example_from_record(r, kind, family=family or file_family(f), default_id=f"{f.stem}-{line}",
+                                   source=source)  # fmt: skip
+
+    rows = read_all(path, one)
+    kept = [x for _, _, x in rows if isinstance(x, Example)]
+    dropped = Counter(x for _, _, x in rows if isinstance(x, str))
+    return Loaded(kept, dropped, data_files(path), layouts)

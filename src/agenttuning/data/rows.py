@@ -145,14 +145,26 @@ def read_all(
     """
     out = []
     for f in data_files(path):
-        for line, where, row in iter_rows(f):
-            try:
-                if not isinstance(row, dict):
-                    raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-                out.append((f, line, convert(f, row, line)))
-            except ValueError as e:  # pydantic's ValidationError is a ValueError too
-                raise located(f, line, where, _one_line(e)) from None
+        out += [(f, line, x) for line, x in convert_rows(f, iter_rows(f), lambda r, line, f=f: convert(f, r, line))]
     return out
+
+
+def convert_rows(
+    name: str | os.PathLike[str], rows: Iterable[tuple[int, str, Any]], convert: Callable[[dict[str, Any], int], Any]
+) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line, convert(row, line))`` for the ``(line, where, row)`` rows of one source called ``name``.
+
+    A row that is not an object, or a ValueError from ``convert``, is a RecordError naming ``name:line``: the one
+    place rows become located errors, for files (:func:`read_all`) and Hub dataset splits alike.
+    """
+    for line, where, row in rows:
+        try:
+            if not isinstance(row, dict):
+                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+            value = convert(row, line)
+        except ValueError as e:  # pydantic's ValidationError is a ValueError too
+            raise located(name, line, where, _one_line(e)) from None
+        yield line, value
 
 
 def _one_line(e: ValueError) -> str:
