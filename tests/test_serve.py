@@ -29,7 +29,7 @@ from agenttuning.policies.hf import HFPolicy  # noqa: E402
 from agenttuning.policies.openai import OpenAIPolicy  # noqa: E402
 from agenttuning.schema import Task, Turn  # noqa: E402
 from agenttuning.serve import create_app, serve  # noqa: E402
-from agenttuning.serve.backends import HFBackend, Sampling, _ServePolicy  # noqa: E402
+from agenttuning.serve.backends import HFBackend, Sampling  # noqa: E402
 from tests.tiny_models import tiny_llama3  # noqa: E402
 
 NAME = "tiny-agentlm"
@@ -281,7 +281,7 @@ async def test_generation_failure_is_a_500(tiny, monkeypatch):
     def boom(self, prompts):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(_ServePolicy, "generate_batch", boom)
+    monkeypatch.setattr(HFPolicy, "generate_batch", boom)  # fault injection: the batch's generate raises
     app = create_app(tiny[0], tiny[1], served_name=NAME)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test/v1") as c:
@@ -340,7 +340,7 @@ async def test_seeded_sampling_is_reproducible(client):
 
 
 async def test_one_policy_per_setting_within_a_bounded_pool(tiny):
-    backend = HFBackend(tiny[0], tiny[1], max_new_tokens_default=4, max_policies=2)
+    backend = HFBackend(HFPolicy(tiny[0], tokenizer=tiny[1], max_new_tokens=4), max_policies=2)
     try:
         results = [
             await backend.complete(turns(conversation(0)), Sampling(temperature=t, top_p=1.0, max_tokens=n))

@@ -30,7 +30,7 @@ from agenttuning.models import (
     source_kind,
 )
 from agenttuning.models import gguf as gguf_mod
-from agenttuning.models.gguf import cached_folder, read_header, read_manifest
+from agenttuning.models.gguf import cached_folder, read_header, read_conversion_manifest
 from tests.models.tiny_gguf import write_tiny_llama_gguf
 
 SMOL = "smollm2-135m-instruct"
@@ -193,7 +193,7 @@ def test_gguf_converts_once_into_a_plain_trainable_folder(tiny_gguf: Path, tmp_p
     folder = Path(resolve_model(str(tiny_gguf)))
     sha = gguf_sha256(tiny_gguf)
     assert folder == cached_folder(sha) and folder.parent == gguf_mod.cache_root()
-    manifest = read_manifest(folder, sha)
+    manifest = read_conversion_manifest(folder, sha)
     assert manifest is not None and manifest["sha256"] == sha and manifest["size"] == tiny_gguf.stat().st_size
     assert manifest["verified"]["max_abs_logit_diff"] == 0.0
     for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja",
@@ -239,7 +239,7 @@ def test_incomplete_or_stale_folders_are_redone(tiny_gguf: Path, tmp_path: Path)
     stale = cache / f".tmp-{half.name}-dead"
     stale.mkdir()
     folder = Path(resolve_model(str(tiny_gguf), cache_dir=cache, progress=False))
-    assert folder == half and read_manifest(folder, sha) is not None and not stale.exists()
+    assert folder == half and read_conversion_manifest(folder, sha) is not None and not stale.exists()
     assert json.loads((folder / "config.json").read_text())["model_type"] == "llama"
 
 
@@ -249,7 +249,7 @@ def test_converter_version_names_the_folder(tiny_gguf: Path, tmp_path: Path, mon
     monkeypatch.setattr(gguf_mod, "CONVERTER_VERSION", gguf_mod.CONVERTER_VERSION + 1)
     v2 = resolve_model(str(tiny_gguf), cache_dir=cache, progress=False)
     assert v1 != v2 and v2.endswith(f"-c{gguf_mod.CONVERTER_VERSION}") and Path(v1, "manifest.json").is_file()
-    assert read_manifest(v1) is None  # an old version's folder is not taken for the current one
+    assert read_conversion_manifest(v1) is None  # an old version's folder is not taken for the current one
 
 
 _CONVERT = textwrap.dedent("""
@@ -287,7 +287,7 @@ def test_concurrent_processes_convert_once(tiny_gguf: Path, tmp_path: Path, caps
     assert said.count("converting tiny-llama.Q8_0.gguf") == 1, "both processes converted"
     entries = sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
     assert entries == [Path(here).name]  # one folder, no temporary leftovers
-    assert read_manifest(here, gguf_sha256(tiny_gguf)) is not None
+    assert read_conversion_manifest(here, gguf_sha256(tiny_gguf)) is not None
     assert AutoModelForCausalLM.from_pretrained(here).config.num_hidden_layers == 2
 
 
@@ -375,9 +375,9 @@ def test_pipeline_model_stage_on_a_gguf(tiny_gguf: Path, tmp_path: Path, monkeyp
     rec = StageRecord("model", "k", tmp_path / "stage", json.loads(json.dumps(outputs)))  # as the manifest keeps it
     assert outputs["source"]["kind"] == "gguf" and outputs["source"]["sha256"] == gguf_sha256(tiny_gguf)
     assert model_path(rec) == tokenizer_path(rec) == outputs["model"] == str(cached_folder(gguf_sha256(tiny_gguf)))
-    assert read_manifest(model_path(rec)) is not None
+    assert read_conversion_manifest(model_path(rec)) is not None
     shutil.rmtree(outputs["model"])  # the cache cleared after the stage ran: the path converts again
-    assert model_path(rec) == outputs["model"] and read_manifest(outputs["model"]) is not None
+    assert model_path(rec) == outputs["model"] and read_conversion_manifest(outputs["model"]) is not None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -400,7 +400,7 @@ def test_alias_converts_once_and_loads(smol_folder: tuple[Path, float]) -> None:
 
     folder, _ = smol_folder
     alias = ALIASES[SMOL]
-    manifest = read_manifest(folder, alias.sha256)
+    manifest = read_conversion_manifest(folder, alias.sha256)
     assert manifest is not None and manifest["size"] == alias.size and manifest["parameters"] == 134_515_008
     assert manifest["verified"]["max_abs_logit_diff"] == 0.0  # the conversion's own reload check
     stamp = (folder / "model.safetensors").stat().st_mtime_ns

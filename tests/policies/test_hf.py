@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 
 from agenttuning.policies import make_policy  # noqa: E402
 from agenttuning.policies.base import PolicyError  # noqa: E402
-from agenttuning.policies.hf import HFPolicy, _GumbelSampler  # noqa: E402
+from agenttuning.policies.hf import HFPolicy, _GumbelSampler, encode_prompt, turn_end_token  # noqa: E402
 from agenttuning.schema import Task, Turn  # noqa: E402
 from tests.tiny_models import tiny_llama3  # noqa: E402
 
@@ -162,6 +162,61 @@ async def test_concurrent_requests_are_batched_and_equal_unbatched(make, tiny):
     assert batched_ids[0] == free_run[:4]  # row 0 stopped on the token, which is cut from the text
     assert replies[0].text == tok.decode(free_run[:3], skip_special_tokens=True)
     assert replies[0].usage.completion_tokens == 4 and len(lengths) > 1
+
+
+# -- the seams serve builds on ---------------------------------------------------------------------------------------
+
+
+async def test_act_ids_equals_act_and_says_why_generation_ended(make, tiny):
+    model, tok = tiny
+    messages = conversation(4)
+    policy = make(max_new_tokens=3)
+    ids = policy.encode(messages)
+    assert ids == encode_prompt(tok, messages)  # the rendering the vLLM backend shares
+    free_run = unbatched(model, ids, [128009], tok.pad_token_id)
+    assert 128009 not in free_run[:3], "pick a conversation whose first 3 greedy tokens hold no stop token"
+    by_ids, by_turns = await policy.act_ids(ids), await policy.act(messages, task=TASK)
+    assert by_ids == by_turns
+    assert (by_ids.finish_reason, by_ids.usage.completion_tokens) == ("length", 3)  # ran out of new tokens
+    model.generation_config.eos_token_id = [128009, free_run[1]]  # now the second token is a stop token
+    try:
+        stopping = make(max_new_tokens=3)
+    finally:
+        model.generation_config.eos_token_id = 128009
+    reply = await stopping.act_ids(ids)
+    assert (reply.finish_reason, reply.usage.completion_tokens) == ("stop", 2)
+    assert reply.text == tok.decode(free_run[:1], skip_special_tokens=True)  # the stop token is not in the text
+    with pytest.raises(PolicyError, match="max_context_tokens"):
+        await make(max_context_tokens=8).act_ids(ids)
+
+
+async def test_with_sampling_shares_the_model_and_settings_but_not_the_sampling(make):
+    base = make(batch_size=3, batch_wait_ms=1.0, max_context_tokens=512)
+    sampled = base.with_sampling(temperature=1.0, top_p=0.9, max_new_tokens=4, seed=7)
+    again = base.with_sampling(temperature=1.0, top_p=0.9, max_new_tokens=4, seed=7)
+    try:
+        assert sampled.model is base.model and sampled.tokenizer is base.tokenizer
+        assert sampled.kv_store is base.kv_store and sampled.kv_reuse == base.kv_reuse
+        assert (sampled.batch_size, sampled.batch_wait_ms, sampled.max_context_tokens) == (3, 1.0, 512)
+        assert (sampled.temperature, sampled.top_p, sampled.max_new_tokens) == (1.0, 0.9, 4)
+        assert sampled.name == base.name and sampled.stats["requests"] == 0
+        a, b = await sampled.act(conversation(1), task=TASK), await again.act(conversation(1), task=TASK)
+        assert a == b and a.usage.completion_tokens <= 4  # seeded: the same draw
+    finally:
+        await sampled.aclose()
+        await again.aclose()
+    await base.aclose()
+    with pytest.raises(PolicyError, match="closed"):
+        base.with_sampling(temperature=0.0, top_p=1.0, max_new_tokens=4)
+
+
+async def test_turn_end_token_is_found_from_the_tokenizer_alone(tiny):
+    assert turn_end_token(tiny[1]) == 128009  # <|eot_id|>
+    import copy
+
+    tok = copy.deepcopy(tiny[1])
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"  # no special token after a turn
+    assert turn_end_token(tok) is None
 
 
 # -- loading ---------------------------------------------------------------------------------------------------------

@@ -420,7 +420,7 @@ async def test_make_policy_passes_kv_options(tiny, tmp_path):
 async def test_serve_backend_policies_share_one_store(tiny):
     from agenttuning.serve.backends import HFBackend, Sampling
 
-    backend = HFBackend(tiny[0], tiny[1], max_new_tokens_default=4)
+    backend = HFBackend(HFPolicy(tiny[0], tokenizer=tiny[1], max_new_tokens=4))
     try:
         turns = first_turns(7)
         await backend.complete(turns, Sampling(temperature=0.0, top_p=1.0, max_tokens=4))
@@ -433,7 +433,7 @@ async def test_serve_backend_policies_share_one_store(tiny):
     finally:
         await backend.aclose()
     assert backend.kv_store.stats()["bytes"] == 0  # the last policy to leave empties the store
-    off = HFBackend(tiny[0], tiny[1], kv_reuse=False)
+    off = HFBackend(HFPolicy(tiny[0], tokenizer=tiny[1], kv_reuse=False))
     try:
         assert off.stats()["kv_reuse"] is False and "kv_cache" not in off.stats()
     finally:

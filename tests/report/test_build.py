@@ -109,7 +109,8 @@ def test_malformed_inputs_name_the_file(files, tmp_path, case):
     elif case == "bad_general":
         bad.write_text('{"loss": 2.0, "n": 4}')
         inputs = dataclasses.replace(inputs, general={"tuned": bad})
-        error, message = ReportInputError, r"no number for \['perplexity', 'exact_match'\]"
+        error, message = ReportInputError, ("not a general-eval result: perplexity: Field required; "
+                                            "exact_match: Field required; tokens: Field required")
     elif case == "bad_stats":
         bad.write_text('{"envs": [{"env": "db-v1"}]}')
         inputs = dataclasses.replace(inputs, data_stats=bad)

@@ -52,6 +52,7 @@ from agenttuning.eval.stats import BOOTSTRAP_RESAMPLES, bootstrap_mean_interval,
 from agenttuning.jsonl import write_text_atomic
 from agenttuning.jsonl import read_records, repair_tail
 from agenttuning.policies.base import Policy
+from agenttuning.policies.specs import PolicySpec
 from agenttuning.rollout.engine import EpisodeLimits, rollout_async
 from agenttuning.schema import Trajectory, Turn
 
@@ -283,7 +284,7 @@ PolicyFactory = Callable[[EnvDefinition], Policy]
 
 
 def evaluate_agent(
-    policy_spec: str | Policy,
+    policy_spec: str | PolicySpec | Policy,
     envs: Sequence[str] | None = None,
     *,
     held_in: Iterable[str] | str | os.PathLike[str] | None,
@@ -301,7 +302,8 @@ def evaluate_agent(
 
     Args:
         policy_spec: a spec for :func:`agenttuning.policies.make_policy` (``hf:PATH``, ``openai:MODEL``,
-            ``expert``, ``wrong``, ``noisy:P``), or a ready :class:`Policy` (used for every environment and
+            ``expert``, ``wrong``, ``noisy:P``; a string or a :data:`~agenttuning.policies.specs.PolicySpec`,
+            checked before anything is written), or a ready :class:`Policy` (used for every environment and
             closed at the end). A model policy (``hf:``, ``openai:``) is built once and shared by all
             environments; an environment-bound one (``expert``...) is built per environment.
         envs: names, versioned ids, ``held-in`` / ``held-out`` / ``all``; None = all registered.
@@ -314,9 +316,10 @@ def evaluate_agent(
         seed: seed of the bootstrap reward intervals.
         on_start, on_result: progress hooks; ``on_start(env, total, skipped)`` before each environment's rollout.
     """
-    from agenttuning.policies import make_policy
+    from agenttuning.policies import make_policy, parse_policy_spec
 
     start = time.perf_counter()
+    spec = None if isinstance(policy_spec, Policy) else parse_policy_spec(policy_spec)
     families = _held_in_set(held_in)
     definitions = select_envs(envs, families)
     limits = limits or EpisodeLimits()
@@ -329,16 +332,16 @@ def evaluate_agent(
     shared: Policy | None = None
     if isinstance(policy_spec, Policy):
         shared = policy_spec
-    elif policy_spec.partition(":")[0] in ("hf", "openai"):
-        shared = make_policy(policy_spec, **options)
-    spec_text = policy_spec if isinstance(policy_spec, str) else policy_spec.name
+    elif spec is not None and not spec.needs_env:
+        shared = make_policy(spec, **options)
+    spec_text = policy_spec.name if spec is None else str(spec)
 
     async def run_all() -> tuple[list[EnvResult], str]:
         results: list[EnvResult] = []
         name = shared.name if shared is not None else ""
         try:
             for d in definitions:
-                policy = shared if shared is not None else make_policy(spec_text, env=d, **options)
+                policy = shared if shared is not None else make_policy(spec, env=d, **options)  # type: ignore[arg-type]
                 name = policy.name
                 path = out / f"{d.id}.jsonl"
                 tasks = d.tasks("test")[:n]

@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -203,59 +204,41 @@ def run_lm_eval(
     (off: the paper's base-model style prompting). Only lm-eval's built-in task index is left out, so the
     names in ``task_dir`` cannot clash with it.
     """
+    with _hub_offline(offline):  # before lm_eval (and huggingface_hub / datasets) read the variables
+        try:
+            import lm_eval
+            from lm_eval.tasks import TaskManager
+        except ImportError as e:
+            raise ImportError("run_lm_eval needs lm-evaluation-harness: pip install 'agenttuning[eval]'") from e
+
+        manager = TaskManager(include_path=str(Path(task_dir).resolve()), include_defaults=False)
+        unknown = [t for t in tasks if t not in manager.all_tasks]
+        if unknown:
+            raise ValueError(f"{task_dir}: no task named {unknown} (have {sorted(manager.all_tasks)})")
+        results = lm_eval.simple_evaluate(
+            model="hf", model_args={"pretrained": str(model_path), "dtype": dtype}, tasks=list(tasks),
+            task_manager=manager, limit=limit, device=device, batch_size=batch_size, gen_kwargs=gen_kwargs,
+            num_fewshot=num_fewshot, apply_chat_template=apply_chat_template, log_samples=log_samples,
+            bootstrap_iters=bootstrap_iters, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )  # fmt: skip
+    if results is None:  # only on non-zero ranks of a distributed run
+        return {}
+    return dict(results)
+
+
+@contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """With ``offline``, the Hugging Face offline variables set to 1 (where unset) for the block, then restored."""
     saved = {var: os.environ.get(var) for var in _OFFLINE_VARS}
-    if offline:  # before lm_eval (and huggingface_hub / datasets) read them; restored afterwards
+    if offline:
         for var in _OFFLINE_VARS:
             os.environ.setdefault(var, "1")
     try:
-        results = _simple_evaluate(
-            model_path,
-            task_dir,
-            tasks,
-            limit=limit,
-            device=device,
-            batch_size=batch_size,
-            dtype=dtype,
-            gen_kwargs=gen_kwargs,
-            num_fewshot=num_fewshot,
-            apply_chat_template=apply_chat_template,
-            seed=seed,
-            log_samples=log_samples,
-            bootstrap_iters=bootstrap_iters,
-        )
+        yield
     finally:
         for var, value in saved.items():
             if value is None:
                 os.environ.pop(var, None)
             else:
                 os.environ[var] = value
-    if results is None:  # only on non-zero ranks of a distributed run
-        return {}
-    return dict(results)
-
-
-def _simple_evaluate(
-    model_path: str | os.PathLike[str], task_dir: str | os.PathLike[str], tasks: Sequence[str], **kw: Any
-) -> Any:
-    try:
-        import lm_eval
-        from lm_eval.tasks import TaskManager
-    except ImportError as e:
-        raise ImportError("run_lm_eval needs lm-evaluation-harness: pip install 'agenttuning[eval]'") from e
-
-    manager = TaskManager(include_path=str(Path(task_dir).resolve()), include_defaults=False)
-    unknown = [t for t in tasks if t not in manager.all_tasks]
-    if unknown:
-        raise ValueError(f"{task_dir}: no task named {unknown} (have {sorted(manager.all_tasks)})")
-    seed = kw.pop("seed")
-    return lm_eval.simple_evaluate(
-        model="hf",
-        model_args={"pretrained": str(model_path), "dtype": kw.pop("dtype")},
-        tasks=list(tasks),
-        task_manager=manager,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-        **kw,
-    )

@@ -8,31 +8,10 @@ loads (see :mod:`.sources`; the GGUF conversion and its cache: :mod:`.gguf`; doc
 Importing this package is cheap: torch and transformers load only when a GGUF is converted.
 """
 
+from agenttuning.models import sources
 from agenttuning.models.errors import ModelSourceError
 from agenttuning.models.gguf import CONVERTER_VERSION, cache_root
-from agenttuning.models.sources import (
-    ALIASES,
-    Alias,
-    check_model_source,
-    describe_source,
-    gguf_sha256,
-    locate_alias,
-    resolve_model,
-    source_fingerprint,
-    source_kind,
-)
+from agenttuning.models.sources import *  # noqa: F403 - the package's API is sources' API plus the three above
 
-__all__ = [
-    "ALIASES",
-    "CONVERTER_VERSION",
-    "Alias",
-    "ModelSourceError",
-    "cache_root",
-    "check_model_source",
-    "describe_source",
-    "gguf_sha256",
-    "locate_alias",
-    "resolve_model",
-    "source_fingerprint",
-    "source_kind",
-]
+__all__ = ["CONVERTER_VERSION", "ModelSourceError", "cache_root"]
+__all__ += sources.__all__

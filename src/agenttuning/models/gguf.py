@@ -43,8 +43,8 @@ __all__ = [
     "cache_root",
     "cached_folder",
     "convert_gguf",
+    "read_conversion_manifest",
     "read_header",
-    "read_manifest",
 ]
 
 CONVERTER_VERSION = 1
@@ -69,7 +69,7 @@ def cached_folder(sha256: str, cache_dir: str | os.PathLike[str] | None = None) 
     return cache_root(cache_dir) / f"{sha256[:16]}-c{CONVERTER_VERSION}"
 
 
-def read_manifest(folder: str | os.PathLike[str], sha256: str | None = None) -> dict[str, Any] | None:
+def read_conversion_manifest(folder: str | os.PathLike[str], sha256: str | None = None) -> dict[str, Any] | None:
     """The manifest of a complete conversion in ``folder`` (of the GGUF ``sha256`` when given), else None."""
     try:
         manifest = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
@@ -226,7 +226,7 @@ def convert_gguf(
     Concurrent callers (threads or processes) converting the same content wait for one another; one converts.
     """
     final = cached_folder(sha256, cache_dir)
-    if read_manifest(final, sha256) is not None:
+    if read_conversion_manifest(final, sha256) is not None:
         return final
     if importlib.util.find_spec("gguf") is None:
         raise ModelSourceError(f"converting {Path(path).name} needs the gguf package: {GGUF_INSTALL}")
@@ -237,7 +237,7 @@ def convert_gguf(
         raise ModelSourceError(f"cannot create the model cache {root} ({e}): set AGENTTUNING_CACHE to a writable "
                                "folder")  # fmt: skip
     with _locked(root / f".{final.name}.lock") as exclusive:
-        if read_manifest(final, sha256) is not None:  # another process finished it while we waited
+        if read_conversion_manifest(final, sha256) is not None:  # another process finished it while we waited
             return final
         if exclusive:  # we hold the lock: what is there was left by a killed conversion, or is not ours to trust
             for stale in root.glob(f".tmp-{final.name}-*"):
@@ -253,7 +253,7 @@ def convert_gguf(
             try:
                 os.replace(tmp, final)
             except OSError:  # without a lock, another process may have renamed its own copy into place first
-                if read_manifest(final, sha256) is None:
+                if read_conversion_manifest(final, sha256) is None:
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)
         except BaseException:

@@ -30,12 +30,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agenttuning.models.errors import ModelSourceError
-from agenttuning.models.gguf import CONVERTER_VERSION, GGUF_INSTALL, cached_folder, convert_gguf, read_manifest
+from agenttuning.models.gguf import (
+    CONVERTER_VERSION,
+    GGUF_INSTALL,
+    cached_folder,
+    convert_gguf,
+    read_conversion_manifest,
+)
 
 __all__ = [
     "ALIASES",
     "Alias",
-    "ModelSourceError",
     "check_model_source",
     "describe_source",
     "gguf_sha256",
@@ -207,7 +212,7 @@ def describe_source(spec: str, *, cache_dir: str | os.PathLike[str] | None = Non
     path, sha = _gguf_file(spec, kind)
     folder = cached_folder(sha, cache_dir)
     out.update({"gguf": str(path), "sha256": sha, "size": path.stat().st_size, "converter": CONVERTER_VERSION,
-                "resolved": str(folder), "converted": read_manifest(folder, sha) is not None})  # fmt: skip
+                "resolved": str(folder), "converted": read_conversion_manifest(folder, sha) is not None})  # fmt: skip
     if kind == "alias":
         a = ALIASES[spec]
         out.update({"package": f"{a.distribution}=={a.version}", "licence": a.licence, "description": a.description})

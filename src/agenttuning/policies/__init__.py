@@ -1,4 +1,4 @@
-"""Policies behind one async contract (:class:`~agenttuning.policies.base.Policy`), built from a spec string.
+"""Policies behind one async contract (:class:`~agenttuning.policies.base.Policy`), built from a spec.
 
 ===================  ==============================================================================
 spec                 policy
@@ -9,6 +9,9 @@ spec                 policy
 ``wrong``            a deliberately wrong answer (scores 0)
 ``noisy:P``          the wrong answer with probability P per step, else the expert; ``random`` = ``noisy:0.5``
 ===================  ==============================================================================
+
+A spec is a string where users write or records keep one, and a typed :data:`~agenttuning.policies.specs.PolicySpec`
+in code (:mod:`agenttuning.policies.specs`: the one parser and the one check of a policy's options).
 """
 
 from __future__ import annotations
@@ -17,42 +20,58 @@ from typing import Any
 
 from agenttuning.envs.base import EnvDefinition
 from agenttuning.policies.base import Policy, PolicyError, Reply
+from agenttuning.policies.specs import (
+    ExpertSpec,
+    HFSpec,
+    NoisySpec,
+    OpenAISpec,
+    PolicySpec,
+    PolicySpecError,
+    WrongSpec,
+    check_policy_options,
+    parse_policy_spec,
+)
 
-__all__ = ["Policy", "PolicyError", "Reply", "make_policy"]
+__all__ = [
+    "ExpertSpec",
+    "HFSpec",
+    "NoisySpec",
+    "OpenAISpec",
+    "Policy",
+    "PolicyError",
+    "PolicySpec",
+    "PolicySpecError",
+    "Reply",
+    "WrongSpec",
+    "check_policy_options",
+    "make_policy",
+    "parse_policy_spec",
+]
 
 
-def make_policy(spec: str, *, env: EnvDefinition | None = None, **options: Any) -> Policy:
-    """Build a policy from its spec; ``options`` go to the policy's constructor (unset ones are dropped)."""
-    kind, _, arg = spec.partition(":")
+def make_policy(spec: str | PolicySpec, *, env: EnvDefinition | None = None, **options: Any) -> Policy:
+    """Build the policy a spec (string or :data:`PolicySpec`) names; ``options`` go to the policy's constructor.
+
+    Unset (None) options are dropped; unknown ones are a ValueError (:func:`check_policy_options`), as is a spec
+    that does not parse (:class:`PolicySpecError`) or an environment-played policy without ``env``.
+    """
+    parsed = parse_policy_spec(spec)
     options = {k: v for k, v in options.items() if v is not None}
-    if kind == "openai":
-        if not arg:
-            raise ValueError("the openai policy needs a model: 'openai:MODEL'")
+    check_policy_options(parsed.kind, options)
+    if isinstance(parsed, OpenAISpec):
         from agenttuning.policies.openai import OpenAIPolicy
 
-        return OpenAIPolicy(arg, **options)
-    if kind == "hf":
-        if not arg:
-            raise ValueError("the hf policy needs a model id or path: 'hf:PATH_OR_ID'")
+        return OpenAIPolicy(parsed.model, **options)
+    if isinstance(parsed, HFSpec):
         from agenttuning.policies.hf import HFPolicy
 
-        return HFPolicy(arg, **options)
-    if kind in ("expert", "wrong", "noisy", "random"):
-        if env is None:
-            raise ValueError(f"the {kind!r} policy needs an environment")
-        from agenttuning.policies import baselines
+        return HFPolicy(parsed.model, **options)
+    if env is None:
+        raise ValueError(f"the {parsed.kind!r} policy needs an environment")
+    from agenttuning.policies import baselines
 
-        if kind == "expert":
-            return baselines.ExpertPolicy(env)
-        if kind == "wrong":
-            return baselines.WrongPolicy(env)
-        p = 0.5 if kind == "random" else _probability(arg, spec)
-        return baselines.NoisyPolicy(env, p, seed=int(options.get("seed", 0)))
-    raise ValueError(f"unknown policy {spec!r}: use openai:MODEL, hf:PATH_OR_ID, expert, wrong, noisy:P or random")
-
-
-def _probability(arg: str, spec: str) -> float:
-    try:
-        return float(arg)
-    except ValueError:
-        raise ValueError(f"{spec!r}: 'noisy:P' needs a probability P, e.g. noisy:0.3") from None
+    if isinstance(parsed, ExpertSpec):
+        return baselines.ExpertPolicy(env)
+    if isinstance(parsed, WrongSpec):
+        return baselines.WrongPolicy(env)
+    return baselines.NoisyPolicy(env, parsed.p, seed=int(options.get("seed", 0)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Literal
 
 from agenttuning.schema import Task, Turn, Usage
 
@@ -24,10 +25,12 @@ class PolicyError(RuntimeError):
 
 @dataclass(frozen=True)
 class Reply:
-    """A policy's answer: the text and what it cost."""
+    """A policy's answer: the text, what it cost, and (where the policy knows) why generation ended."""
 
     text: str
     usage: Usage = Usage()
+    #: ``"stop"`` (an end-of-turn or eos token) or ``"length"`` (the token limit); None when not known
+    finish_reason: Literal["stop", "length"] | None = None
 
 
 class Policy(ABC):

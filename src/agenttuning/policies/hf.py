@@ -39,10 +39,15 @@ hybrid or mamba caches, flash-attention, an encoder-decoder, generation-config l
 ``kv_reuse=False``; :attr:`HFPolicy.kv_reuse` says which path runs, :attr:`HFPolicy.kv_fallback_reason` why not.
 
 Usage: ``prompt_tokens`` is the unpadded prompt length, ``completion_tokens`` the tokens generated up to and
-including the stop token (what the model computed), ``requests=1``. :meth:`count_tokens` is exact: the same
-rendering as :meth:`act`, so ``count_tokens(messages) == reply.usage.prompt_tokens``. ``stats["prompt_tokens"]``
-sums the prompts served and ``stats["cached_tokens"]`` how many of those tokens came from the KV store (0 on the
-``generate`` path); :meth:`HFPolicy.kv_stats` adds the store's size and counters.
+including the stop token (what the model computed), ``requests=1``; ``Reply.finish_reason`` is ``"stop"`` when the
+completion ended on a stop token, else ``"length"``. Replies are decoded in the generation thread, off the event
+loop. :meth:`count_tokens` is exact: the same rendering as :meth:`act`, so
+``count_tokens(messages) == reply.usage.prompt_tokens``. ``stats["prompt_tokens"]`` sums the prompts served and
+``stats["cached_tokens"]`` how many of those tokens came from the KV store (0 on the ``generate`` path);
+:meth:`HFPolicy.kv_stats` adds the store's size and counters.
+
+Seams for ``agenttuning serve``: :meth:`HFPolicy.act_ids` takes a prompt already encoded (off the event loop), and
+:meth:`HFPolicy.with_sampling` makes a policy with other sampling settings on the same model, lock and KV store.
 
 Example (offline, with a tiny random model; any hub id or local folder works the same way)::
 
@@ -74,7 +79,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HFPolicy"]
+__all__ = ["HFPolicy", "encode_prompt", "turn_end_token"]
 
 # one lock per model object: generation must never run concurrently on the same weights and KV machinery
 _MODEL_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
@@ -203,13 +208,20 @@ class HFPolicy(Policy):
     # Policy contract
 
     async def act(self, messages: list[Turn], *, task: Task) -> Reply:
-        """Queue ``messages`` for the next batch and wait for the reply (see the module docstring)."""
+        """Render ``messages`` (:meth:`encode`), queue them for the next batch and wait for the reply."""
         if self._closed:
             raise PolicyError(f"{self.name} is closed")
         try:
             ids = self.encode(messages)
         except Exception as e:  # noqa: BLE001 - e.g. a template that rejects the role order
             raise PolicyError(f"{self.name}: the chat template cannot render this conversation: {e}") from e
+        return await self.act_ids(ids)
+
+    async def act_ids(self, ids: list[int]) -> Reply:
+        """:meth:`act` for a prompt already encoded (e.g. off the event loop, as ``agenttuning serve`` does): queue
+        it for the next batch and wait for the reply, whose ``finish_reason`` says why generation ended."""
+        if self._closed:
+            raise PolicyError(f"{self.name} is closed")
         if self.max_context_tokens is not None and len(ids) >= self.max_context_tokens:
             raise PolicyError(
                 f"the prompt is {len(ids)} tokens, which leaves no room to reply within the model's context of "
@@ -219,6 +231,21 @@ class HFPolicy(Policy):
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         queue.put_nowait(_Request(ids, future))
         return await future
+
+    def with_sampling(
+        self, *, temperature: float, top_p: float, max_new_tokens: int, seed: int | None = None
+    ) -> HFPolicy:
+        """Another policy on this one's model and tokenizer (so the same generation lock and KV store), with its
+        batching, context and KV settings and these sampling settings; its own batcher and counters."""
+        if self._closed:
+            raise PolicyError(f"{self.name} is closed")
+        other = HFPolicy(
+            self.model, tokenizer=self.tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, batch_size=self.batch_size, batch_wait_ms=self.batch_wait_ms,
+            max_context_tokens=self.max_context_tokens, seed=seed, kv_reuse=self.kv_reuse,
+        )  # fmt: skip
+        other.name, other.kv_prefill = self.name, self.kv_prefill
+        return other
 
     def count_tokens(self, messages: list[Turn]) -> int:
         """Exact prompt length: the chat-template rendering :meth:`act` sends, generation prompt included."""
@@ -248,12 +275,8 @@ class HFPolicy(Policy):
     # Rendering and generation (public so tests and tools can check them directly)
 
     def encode(self, messages: list[Turn]) -> list[int]:
-        """Token ids of the prompt: the chat template with the assistant generation prompt."""
-        text = self.tokenizer.apply_chat_template(
-            to_openai_messages(messages), tokenize=False, add_generation_prompt=True
-        )
-        # the template already holds any bos token: don't let the tokenizer add another
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """Token ids of the prompt: :func:`encode_prompt` with this policy's tokenizer."""
+        return encode_prompt(self.tokenizer, messages)
 
     def generate_batch(self, prompts: list[list[int]]) -> list[list[int]]:
         """Each prompt's new tokens, up to and including a stop token, generated as one batch.
@@ -276,12 +299,21 @@ class HFPolicy(Policy):
             out["store"] = self.kv_store.stats()
         return out
 
-    def _run_batch(self, prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
-        """The batcher's call (in the worker thread): :meth:`generate_batch` and each prompt's cached tokens."""
+    def _run_batch(self, prompts: list[list[int]]) -> tuple[list[Reply], int]:
+        """The batcher's call, in the worker thread: :meth:`generate_batch`, each completion decoded there (off the
+        event loop) into a Reply, and how many prompt tokens came from the KV store."""
         self._thread_state.cached = None
-        completions = self.generate_batch(prompts)  # the override point (serve's tests replace it)
+        completions = self.generate_batch(prompts)  # the override point (tests replace it to inject a failure)
         cached = getattr(self._thread_state, "cached", None)
-        return completions, cached if cached is not None else [0] * len(prompts)
+        replies = [
+            Reply(
+                text=self.decode(c),
+                usage=Usage(prompt_tokens=len(ids), completion_tokens=len(c), requests=1),
+                finish_reason="stop" if c and c[-1] in self.stop_token_ids else "length",
+            )
+            for ids, c in zip(prompts, completions, strict=True)
+        ]
+        return replies, sum(cached) if cached is not None else 0
 
     def _generate(self, prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
         """``(completions, cached)``: :meth:`generate_batch`'s rows and each prompt's tokens served from the store."""
@@ -365,16 +397,7 @@ class HFPolicy(Policy):
             if not batch:
                 continue
             try:
-                completions, cached = await loop.run_in_executor(
-                    self._executor, self._run_batch, [r.ids for r in batch]
-                )
-                replies = [
-                    Reply(
-                        text=self.decode(c),
-                        usage=Usage(prompt_tokens=len(r.ids), completion_tokens=len(c), requests=1),
-                    )
-                    for r, c in zip(batch, completions, strict=True)
-                ]
+                replies, cached = await loop.run_in_executor(self._executor, self._run_batch, [r.ids for r in batch])
             except asyncio.CancelledError:
                 for r in batch:
                     _fail(r.future, PolicyError(f"{self.name} was closed while generating"))
@@ -391,7 +414,7 @@ class HFPolicy(Policy):
             self.stats["requests"] += len(batch)
             self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
             self.stats["prompt_tokens"] += sum(len(r.ids) for r in batch)
-            self.stats["cached_tokens"] += sum(cached)
+            self.stats["cached_tokens"] += cached
             for r, reply in zip(batch, replies, strict=True):
                 if not r.future.done():
                     r.future.set_result(reply)
@@ -469,33 +492,13 @@ class HFPolicy(Policy):
         generation_config = getattr(self.model, "generation_config", None)
         eos = getattr(generation_config, "eos_token_id", None)
         candidates += eos if isinstance(eos, (list, tuple)) else [eos]
-        candidates.append(self._turn_end_token())
+        candidates.append(turn_end_token(self.tokenizer))
         for c in candidates:
             if isinstance(c, int) and c >= 0 and c not in stops:
                 stops.append(c)
         if not stops:
             raise ValueError(f"{self.name}: no eos or end-of-turn token found; generation could never stop")
         return stops
-
-    def _turn_end_token(self) -> int | None:
-        """The special token the chat template puts right after an assistant message's content, if any."""
-        probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
-        try:
-            text = self.tokenizer.apply_chat_template(probe, tokenize=False)
-        except Exception:  # noqa: BLE001 - templates may reject the probe (e.g. a required system turn)
-            return None
-        at = text.rfind(_PROBE)
-        if at < 0:
-            return None
-        tail = self.tokenizer(text[at + len(_PROBE) :], add_special_tokens=False)["input_ids"]
-        if not tail:
-            return None
-        added = getattr(self.tokenizer, "added_tokens_decoder", {}) or {}
-        token = added.get(tail[0])
-        is_special = (token is not None and getattr(token, "special", False)) or tail[0] in set(
-            self.tokenizer.all_special_ids
-        )
-        return tail[0] if is_special else None
 
 
 class _GumbelSampler:
@@ -522,6 +525,37 @@ class _GumbelSampler:
         uniform = torch.rand(logits.shape, generator=self.generator, dtype=torch.float32).to(logits.device)
         gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20, max=1 - 1e-7)))
         return logits + gumbel
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rendering (shared with agenttuning serve's vLLM backend, which renders prompts exactly as this policy does)
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Turn]) -> list[int]:
+    """Token ids of a prompt: the chat template with the assistant generation prompt."""
+    text = tokenizer.apply_chat_template(to_openai_messages(messages), tokenize=False, add_generation_prompt=True)
+    # the template already holds any bos token: don't let the tokenizer add another
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def turn_end_token(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The special token the chat template puts right after an assistant message's content, if any (e.g.
+    ``<|eot_id|>``): generation stops there even when the model's generation config does not list it."""
+    probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(probe, tokenize=False)
+    except Exception:  # noqa: BLE001 - templates may reject the probe (e.g. a required system turn)
+        return None
+    at = text.rfind(_PROBE)
+    if at < 0:
+        return None
+    tail = tokenizer(text[at + len(_PROBE) :], add_special_tokens=False)["input_ids"]
+    if not tail:
+        return None
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    token = added.get(tail[0])
+    is_special = (token is not None and getattr(token, "special", False)) or tail[0] in set(tokenizer.all_special_ids)
+    return tail[0] if is_special else None
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -30,16 +30,16 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agenttuning.eval.agent import RESULTS_FILE, AgentEvalResult
+from agenttuning.eval.general import GeneralEvalResult
 from agenttuning.jsonl import RecordError, iter_json, read_records
 from agenttuning.schema import Trajectory
 
 __all__ = [
-    "GENERAL_FIELDS",
     "ReportInputError",
     "ReportInputs",
     "SweepPoint",
@@ -87,8 +87,8 @@ class ReportInputs:
     title: str
     agent: dict[str, Path]  # model label -> results.json (or its directory)
     general: dict[str, Path] = field(default_factory=dict)  # model label -> GeneralEvalResult.to_dict() JSON
-    data_stats: Path | None = None  # stats.json of build_agentinstruct (filter + decontam)
-    mix: Path | None = None  # metrics.json of mix_datasets
+    data_stats: Path | None = None  # stats.json of the decontaminate stage (filter + decontamination)
+    mix: Path | None = None  # metrics.json of the mix stage
     train_metrics: Path | None = None  # metrics.jsonl of the training run
     teacher_trajectories: list[Path] = field(default_factory=list)  # teacher rollout JSONL files
     sweep: list[SweepPoint] = field(default_factory=list)
@@ -123,17 +123,45 @@ class ReportInputs:
 # Readers
 
 
-def _read_json(path: Path) -> Any:
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ReportInputError(path, "not found") from None
     except OSError as e:
         raise ReportInputError(path, f"cannot be read ({e.strerror})") from None
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file whose shape is checked by hand (files not written from one of our result types)."""
+    text = _read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise ReportInputError(path, f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+
+
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+
+_PROBLEMS_SHOWN = 3
+
+
+def _read_result(path: Path, model: type[ResultT], what: str) -> ResultT:
+    """A file written from ``model``, read back with ``model.model_validate_json``; a ReportInputError names the
+    file and says what is wrong (invalid JSON: where; otherwise the first few fields that do not fit)."""
+    text = _read_text(path)
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as e:
+        errors = e.errors()
+        if errors[0]["type"] == "json_invalid":  # "... at line L column C"
+            raise ReportInputError(path, f"invalid JSON: {errors[0].get('ctx', {}).get('error', '')}") from None
+        problems = [f"{'.'.join(str(x) for x in err['loc']) or 'record'}: {err['msg']}"
+                    for err in errors[:_PROBLEMS_SHOWN]]  # fmt: skip
+        if len(errors) > _PROBLEMS_SHOWN:
+            problems.append(f"{len(errors) - _PROBLEMS_SHOWN} more")
+        raise ReportInputError(path, f"not {what}: {'; '.join(problems)}") from None
 
 
 def _number(value: Any) -> bool:
@@ -145,33 +173,19 @@ def load_agent(path: str | os.PathLike[str]) -> tuple[AgentEvalResult, Path]:
     p = Path(path)
     if p.is_dir():
         p = p / RESULTS_FILE
-    data = _read_json(p)
-    try:
-        return AgentEvalResult.model_validate(data), p.parent
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"]) or "record"
-        raise ReportInputError(p, f"not an agent results file ({loc}: {first['msg']})") from None
-
-
-GENERAL_FIELDS = ("loss", "perplexity", "exact_match", "n")
+    return _read_result(p, AgentEvalResult, "an agent results file"), p.parent
 
 
 def load_general(path: str | os.PathLike[str]) -> dict[str, float]:
-    """A general-eval JSON (``GeneralEvalResult.to_dict()``): its numeric fields, ``loss``/``perplexity``/
-    ``exact_match``/``n`` required (``details`` and other non-numeric fields are ignored)."""
-    p = Path(path)
-    data = _read_json(p)
-    if not isinstance(data, dict):
-        raise ReportInputError(p, "expected a JSON object (GeneralEvalResult.to_dict())")
-    missing = [k for k in GENERAL_FIELDS if not _number(data.get(k))]
-    if missing:
-        raise ReportInputError(p, f"not a general-eval result: no number for {missing}")
-    return {k: float(v) for k, v in data.items() if _number(v)}
+    """A general-eval JSON (:func:`~agenttuning.eval.general.save_general_result`, or ``GeneralEvalResult.to_dict()``)
+    read as a :class:`~agenttuning.eval.general.GeneralEvalResult`: its numeric fields, in field order (``details``
+    left out)."""
+    result = _read_result(Path(path), GeneralEvalResult, "a general-eval result")
+    return {k: float(v) for k, v in result.to_dict().items()}
 
 
 def load_data_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``stats.json`` of :func:`agenttuning.data.stages.build_agentinstruct`: filter rows per env, decontam counts."""
+    """``stats.json`` of :func:`agenttuning.stages.decontaminate.run`: filter rows per env, decontam counts."""
     p = Path(path)
     data = _read_json(p)
     rows = data.get("envs") if isinstance(data, dict) else None
@@ -189,7 +203,7 @@ def load_data_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_mix(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``metrics.json`` of :func:`agenttuning.data.stages.mix_datasets` (``MixResult.to_json``)."""
+    """``metrics.json`` of :func:`agenttuning.stages.mix.run` (``MixOutput``)."""
     p = Path(path)
     data = _read_json(p)
     need = ("n_agent", "n_general", "n", "eta")

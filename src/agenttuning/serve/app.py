@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agenttuning.policies.hf import HFPolicy
 from agenttuning.serve.backends import HFBackend, Sampling, VLLMBackend, vllm_available
 from agenttuning.serve.limits import BodyLimit
 from agenttuning.serve.protocol import (
@@ -116,11 +117,12 @@ def create_app(
             model, tokenizer, dtype=dtype, max_context_tokens=max_context_tokens, engine_options=vllm_options
         )
     elif backend == "hf":
-        engine = HFBackend(
-            model, tokenizer, device=device, dtype=dtype, batch_size=batch_size, batch_wait_ms=batch_wait_ms,
-            max_new_tokens_default=max_new_tokens_default, max_context_tokens=max_context_tokens,
-            max_policies=max_policies, kv_reuse=kv_reuse, kv_cache_bytes=kv_cache_bytes,
+        template = HFPolicy(
+            model, tokenizer=tokenizer, device=device, dtype=dtype, max_new_tokens=max_new_tokens_default,
+            batch_size=batch_size, batch_wait_ms=batch_wait_ms, max_context_tokens=max_context_tokens,
+            kv_reuse=kv_reuse, kv_cache_bytes=kv_cache_bytes,
         )  # fmt: skip
+        engine = HFBackend(template, max_policies=max_policies)
     else:
         raise ValueError(f"unknown backend {backend!r}: use auto, hf or vllm")
     name = served_name or (model if isinstance(model, str) else getattr(model, "name_or_path", "")) or "local-model"

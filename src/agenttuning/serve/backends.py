@@ -4,8 +4,10 @@ A backend turns one request (turns + :class:`Sampling`) into a :class:`~agenttun
 
 ``HFBackend`` reuses :class:`~agenttuning.policies.hf.HFPolicy`, so the server renders, batches, stops and decodes
 exactly as the ``hf:`` policy does in a rollout (same ids, same greedy text). An HFPolicy has *fixed* sampling
-settings, so the backend keeps one policy per distinct ``(temperature, top_p, max_tokens)`` -- all wrapping the
-same model object (and hence sharing its generation lock) -- made lazily and kept in a small LRU of idle ones.
+settings, so the backend keeps one policy per distinct ``(temperature, top_p, max_tokens)`` -- each made from the
+backend's template policy by :meth:`HFPolicy.with_sampling`, so all wrap the same model object (and hence share its
+generation lock) -- made lazily and kept in a small LRU of idle ones. Requests go in through
+:meth:`HFPolicy.act_ids` (the prompt already encoded).
 Concurrent requests with the same settings (the usual case: a rollout's episodes all send the same settings)
 land in the same policy and are batched into shared ``generate`` calls; requests with different settings
 run in separate batches, one after the other on the model. Greedy requests (``temperature == 0`` or
@@ -19,9 +21,9 @@ model object and hence share its one :class:`~agenttuning.policies.kv_cache.Pref
 under another. :meth:`HFBackend.stats` reports ``prompt_tokens``, ``cached_tokens`` (of those, served from the
 store) and the store's figures under ``kv_cache``.
 
-``finish_reason`` is exact: the backend's policy subclass marks each decoded text with whether its completion
-ended on a stop token (``"stop"``) or ran out of new tokens (``"length"``; also when the context window capped
-the request's ``max_tokens``). ``stop`` strings are applied to the decoded text afterwards (HFPolicy has no
+``finish_reason`` is exact: HFPolicy's ``Reply.finish_reason`` says whether a completion ended on a stop token
+(``"stop"``) or ran out of new tokens (``"length"``; also when the context window capped the request's
+``max_tokens``). ``stop`` strings are applied to the decoded text afterwards (HFPolicy has no
 per-request stopping criteria), so generation still runs to a stop token or ``max_tokens``: ``completion_tokens``
 counts what the model generated.
 
@@ -32,7 +34,7 @@ limit. Mixed-setting requests could then share batches.
 
 CPU work stays off the event loop (a 10 MB prompt tokenised on it once blocked ``/health`` for 27 s): both backends
 render and tokenise prompts in a small thread pool of their own, :class:`HFBackend` hands the ids to its policy's
-batcher as they are (no second encoding on the loop), and decodes replies in the policy's generation thread.
+batcher as they are (no second encoding on the loop), and HFPolicy decodes replies in its generation thread.
 
 ``VLLMBackend`` (used when ``vllm`` is importable and the model is given by name/path; untested here, vllm is a
 GPU-only dependency) renders the same chat template with the Hugging Face tokenizer, hands the token ids to
@@ -49,16 +51,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from agenttuning.policies.base import PolicyError, Reply
-from agenttuning.policies.hf import HFPolicy, _Request
-from agenttuning.schema import Turn, to_openai_messages
+from agenttuning.policies.base import PolicyError
+from agenttuning.policies.hf import HFPolicy, encode_prompt, turn_end_token
+from agenttuning.schema import Turn
 from agenttuning.serve.protocol import APIError, Completion
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -109,84 +110,23 @@ class _OffLoop:
 # Hugging Face (HFPolicy)
 
 
-class _Text(str):
-    """A decoded reply that also says why generation ended."""
-
-    finish_reason: str
-
-
-class _Decoded(list):
-    """A completion's token ids together with their text, decoded in the generation thread."""
-
-    text: _Text
-
-
-class _ServePolicy(HFPolicy):
-    """HFPolicy for the server: it takes prompts already encoded (off the loop, by the backend), decodes in its
-    generation thread rather than in the batcher on the loop, and its text carries its finish reason (``Reply.text``
-    stays a ``str``)."""
-
-    async def act_ids(self, ids: list[int]) -> Reply:
-        """:meth:`HFPolicy.act` for a prompt already encoded: queue it for the next batch and wait for the reply."""
-        if self._closed:
-            raise PolicyError(f"{self.name} is closed")
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._ensure_batcher().put_nowait(_Request(ids, future))
-        return await future
-
-    def _run_batch(self, prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
-        completions, cached = super()._run_batch(prompts)
-        decoded = []
-        for c in completions:
-            row = _Decoded(c)
-            row.text = self._decode_text(c)
-            decoded.append(row)
-        return decoded, cached
-
-    def decode(self, completion: list[int]) -> str:
-        text = getattr(completion, "text", None)  # the batcher calls this on the loop: mostly already done
-        return text if text is not None else self._decode_text(completion)
-
-    def _decode_text(self, completion: list[int]) -> _Text:
-        text = _Text(super().decode(completion))
-        text.finish_reason = "stop" if completion and completion[-1] in self.stop_token_ids else "length"
-        return text
-
-
 class HFBackend:
-    """Local generation with HFPolicy, one policy per distinct sampling setting (see the module docstring)."""
+    """Local generation with HFPolicy, one policy per distinct sampling setting (see the module docstring).
+
+    ``policy`` is the template: every policy serving requests is made from it by :meth:`HFPolicy.with_sampling`
+    (its model, tokenizer, batching, context and KV settings; each request's sampling settings), and it renders
+    every prompt. The backend owns it from here and closes it in :meth:`aclose`.
+    """
 
     kind = "hf"
 
-    def __init__(
-        self,
-        model: str | PreTrainedModel,
-        tokenizer: str | PreTrainedTokenizerBase | None = None,
-        *,
-        device: str | None = None,
-        dtype: str = "auto",
-        batch_size: int = 8,
-        batch_wait_ms: float = 5.0,
-        max_new_tokens_default: int = 512,
-        max_context_tokens: int | None = None,
-        max_policies: int = 8,
-        kv_reuse: bool = True,
-        kv_cache_bytes: int | None = None,
-    ) -> None:
-        self._options = {"batch_size": batch_size, "batch_wait_ms": batch_wait_ms, "kv_reuse": kv_reuse}
-        # the first policy loads the model; every later one wraps the same objects
-        base = _ServePolicy(
-            model, tokenizer=tokenizer, device=device, dtype=dtype, max_new_tokens=max_new_tokens_default,
-            max_context_tokens=max_context_tokens, kv_cache_bytes=kv_cache_bytes, **self._options,
-        )  # fmt: skip
-        self.model, self.tokenizer = base.model, base.tokenizer
-        self.kv_reuse, self.kv_store = base.kv_reuse, base.kv_store  # every later policy joins the same store
-        self.max_context_tokens = base.max_context_tokens
+    def __init__(self, policy: HFPolicy, *, max_policies: int = 8) -> None:
+        self._template = policy
+        self.model, self.tokenizer = policy.model, policy.tokenizer
+        self.kv_reuse, self.kv_store = policy.kv_reuse, policy.kv_store  # every policy made joins the same store
+        self.max_context_tokens = policy.max_context_tokens
         self.max_policies = max(1, max_policies)
-        self._policies: OrderedDict[tuple, _ServePolicy] = OrderedDict({(0.0, 1.0, max_new_tokens_default): base})
-        # renders every prompt (all policies share the tokenizer); held apart from the LRU, which the loop changes
-        # while encode runs in a worker thread. Rendering needs only the tokenizer, so it outlives eviction.
-        self._renderer = base
+        self._policies: OrderedDict[tuple, HFPolicy] = OrderedDict()
         self._inflight: dict[tuple, int] = {}
         self._retired = dict.fromkeys(_STAT_KEYS, 0)  # counters of policies already closed
         self._encoder = _OffLoop()
@@ -197,7 +137,7 @@ class HFBackend:
 
         CPU work in proportion to the prompt: :meth:`complete` runs it off the event loop."""
         try:
-            ids = self._renderer.encode(turns)
+            ids = self._template.encode(turns)
         except Exception as e:  # e.g. a template that rejects the role order
             raise APIError(400, f"the chat template cannot render these messages: {e}", param="messages") from e
         if self.max_context_tokens is not None and len(ids) >= self.max_context_tokens:
@@ -233,8 +173,8 @@ class HFBackend:
                 await self._retire(policy)
             else:
                 await self._evict_idle()
-        finish = getattr(reply.text, "finish_reason", "length")
-        return Completion(str(reply.text), finish, reply.usage.prompt_tokens, reply.usage.completion_tokens)
+        finish = reply.finish_reason or "length"
+        return Completion(reply.text, finish, reply.usage.prompt_tokens, reply.usage.completion_tokens)
 
     def stats(self) -> dict[str, Any]:
         """Batching and prompt-token counters summed over every policy so far (``max_batch``: the largest), live
@@ -255,16 +195,14 @@ class HFBackend:
         policies, self._policies = list(self._policies.values()), OrderedDict()
         for policy in policies:
             await self._retire(policy)
+        await self._template.aclose()  # last: it leaves the shared KV store after the others
 
     # -- policies ---------------------------------------------------------------------------------------------------
-    def _new_policy(self, key: tuple, *, seed: int | None = None) -> _ServePolicy:
+    def _new_policy(self, key: tuple, *, seed: int | None = None) -> HFPolicy:
         temperature, top_p, max_tokens = key
-        return _ServePolicy(
-            self.model, tokenizer=self.tokenizer, max_new_tokens=max_tokens, temperature=temperature,
-            top_p=top_p, max_context_tokens=self.max_context_tokens, seed=seed, **self._options,
-        )  # fmt: skip
+        return self._template.with_sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_tokens, seed=seed)
 
-    def _policy(self, key: tuple) -> _ServePolicy:
+    def _policy(self, key: tuple) -> HFPolicy:
         policy = self._policies.get(key)
         if policy is None:
             policy = self._policies[key] = self._new_policy(key)
@@ -280,7 +218,7 @@ class HFBackend:
                 await self._retire(self._policies.pop(key))
                 self._inflight.pop(key, None)
 
-    async def _retire(self, policy: _ServePolicy) -> None:
+    async def _retire(self, policy: HFPolicy) -> None:
         for k in _STAT_KEYS:
             v = policy.stats[k]
             self._retired[k] = max(self._retired[k], v) if k == "max_batch" else self._retired[k] + v
@@ -329,7 +267,7 @@ class VLLMBackend:
         # the checkpoint's generation_config.json does not list it among its eos ids
         stops = [self.tokenizer.eos_token_id]
         try:
-            stops.append(HFPolicy._turn_end_token(SimpleNamespace(tokenizer=self.tokenizer)))  # type: ignore[arg-type]
+            stops.append(turn_end_token(self.tokenizer))
         except Exception as e:  # noqa: BLE001 - best effort: vLLM still stops on the generation config's eos
             log.debug("no end-of-turn token found: %r", e)
         self.stop_token_ids = [t for t in dict.fromkeys(stops) if isinstance(t, int)]
@@ -338,12 +276,9 @@ class VLLMBackend:
 
     def encode(self, turns: list[Turn]) -> list[int]:
         try:
-            text = self.tokenizer.apply_chat_template(
-                to_openai_messages(turns), tokenize=False, add_generation_prompt=True
-            )
+            ids = encode_prompt(self.tokenizer, turns)  # rendered exactly as the hf: policy renders it
         except Exception as e:
             raise APIError(400, f"the chat template cannot render these messages: {e}", param="messages") from e
-        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         if self.max_context_tokens is not None and len(ids) >= self.max_context_tokens:
             raise APIError(
                 400, f"the prompt is {len(ids)} tokens, which leaves no room within {self.max_context_tokens}",

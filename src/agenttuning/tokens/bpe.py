@@ -53,7 +53,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agenttuning.tokens.offline import LLAMA3_PATTERN
+from agenttuning.tokens.offline import LLAMA3_PATTERN, wrap_tokenizer
 from agenttuning.tokens.templates import get_template
 
 if TYPE_CHECKING:
@@ -169,7 +169,6 @@ def build_tokenizer(
         processors,
         trainers,
     )
-    from transformers import PreTrainedTokenizerFast
 
     if vocab_size < len(SPECIAL_TOKENS) + 256:
         raise ValueError(f"vocab_size={vocab_size} leaves no room for the 256 bytes and {len(SPECIAL_TOKENS)} "
@@ -196,17 +195,8 @@ def build_tokenizer(
     ids = [backend.token_to_id(t) for t in SPECIAL_TOKENS]
     if ids != list(range(len(SPECIAL_TOKENS))):  # pragma: no cover - a tokenizers change would show here
         raise RuntimeError(f"control tokens got ids {ids}, expected 0..{len(SPECIAL_TOKENS) - 1}")
-    options: dict[str, Any] = {} if model_max_length is None else {"model_max_length": model_max_length}
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        chat_template=CHATML_CHAT_TEMPLATE,
-        clean_up_tokenization_spaces=False,
-        model_input_names=["input_ids", "attention_mask"],
-        **options,
-    )
+    return wrap_tokenizer(backend, bos=BOS, eos=EOS, pad=PAD, chat_template=CHATML_CHAT_TEMPLATE,
+                          model_max_length=model_max_length)  # fmt: skip
 
 
 def save_atomic(out_dir: str | os.PathLike[str], write: Any, *, overwrite: bool = True) -> Path:

@@ -50,6 +50,7 @@ __all__ = [
     "save_tokenizer",
     "tekken_path",
     "tekken_tokenizer",
+    "wrap_tokenizer",
 ]
 
 #: Llama 3's pre-tokenisation regex (the tiktoken ``pat_str`` Meta ships with the model).
@@ -170,7 +171,6 @@ def _byte_level_tokenizer(
     """Wrap a byte-level BPE backend as Hugging Face does for these models: bos added by ``tok(text)``, lossless
     decoding, the chat template attached; the vocabulary size is checked."""
     from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
 
     backend.post_processor = processors.Sequence(
         [
@@ -182,19 +182,33 @@ def _byte_level_tokenizer(
             ),
         ]
     )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=bos,
-        eos_token=eos,
-        pad_token=pad,
-        **({"unk_token": unk} if unk else {}),
-        chat_template=chat_template,
-        clean_up_tokenization_spaces=False,
-        model_max_length=131072,
-        model_input_names=["input_ids", "attention_mask"],
-    )
+    tok = wrap_tokenizer(backend, bos=bos, eos=eos, pad=pad, unk=unk, chat_template=chat_template,
+                         model_max_length=131072)  # fmt: skip
     _check_size(tok, size, what)
     return tok
+
+
+def wrap_tokenizer(
+    backend: Tokenizer,
+    *,
+    bos: str,
+    eos: str,
+    pad: str | None = None,
+    unk: str | None = None,
+    chat_template: str,
+    model_max_length: int | None = None,
+) -> PreTrainedTokenizerFast:
+    """A ``tokenizers`` backend as the ``PreTrainedTokenizerFast`` every tokenizer this package builds is: its
+    special tokens named, its chat template attached, decoding left as it is (``clean_up_tokenization_spaces``
+    off, so decoding is lossless) and only ``input_ids`` / ``attention_mask`` as model inputs."""
+    from transformers import PreTrainedTokenizerFast
+
+    named = {"bos_token": bos, "eos_token": eos, "pad_token": pad, "unk_token": unk,
+             "model_max_length": model_max_length}  # fmt: skip
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, chat_template=chat_template, clean_up_tokenization_spaces=False,
+        model_input_names=["input_ids", "attention_mask"], **{k: v for k, v in named.items() if v is not None},
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -220,7 +234,6 @@ def mistral_tokenizer() -> PreTrainedTokenizerFast:
         raise ImportError("the Mistral tokenizer is read with sentencepiece: pip install sentencepiece") from e
     from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
     from tokenizers.models import BPE
-    from transformers import PreTrainedTokenizerFast
 
     sp = spm.SentencePieceProcessor(model_file=str(mistral_sentencepiece_path()))
     n = sp.get_piece_size()
@@ -251,16 +264,8 @@ def mistral_tokenizer() -> PreTrainedTokenizerFast:
     backend.post_processor = processors.TemplateProcessing(
         single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, sp.bos_id())]
     )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=bos,
-        eos_token=eos,
-        unk_token=pieces[sp.unk_id()],
-        chat_template=MISTRAL_CHAT_TEMPLATE,
-        clean_up_tokenization_spaces=False,
-        model_max_length=32768,
-        model_input_names=["input_ids", "attention_mask"],
-    )
+    tok = wrap_tokenizer(backend, bos=bos, eos=eos, unk=pieces[sp.unk_id()], chat_template=MISTRAL_CHAT_TEMPLATE,
+                         model_max_length=32768)  # fmt: skip
     _check_size(tok, n, "Mistral v3")
     return tok
 
