@@ -25,7 +25,7 @@ from rich.table import Table
 
 from agenttuning.data.example import Example, from_trajectory
 from agenttuning.data.general import stdlib_examples
-from agenttuning.data.mix import premix
+from agenttuning.data.mix import MixSampler
 from agenttuning.envs.base import get
 from agenttuning.policies.baselines import ExpertPolicy
 from agenttuning.rollout.engine import rollout
@@ -50,7 +50,8 @@ def build_corpus(n: int, eta: float, seed: int = 0) -> list[Example]:
         picked = [singles[rng.randrange(len(singles))] for _ in range(k)]
         turns = [t for ex in picked for t in ex.turns]
         general.append(Example(id=f"chat-{i}", source="general", family="stdlib", turns=turns))
-    return premix(agent, general, eta, n, seed)
+    data = {"agent": agent, "general": general}  # the first n draws of the trainer's own sampler
+    return [data[src][i] for src, i in MixSampler(len(agent), len(general), eta, seed).take(n)]
 
 
 def ours(examples: list[Example], tok, max_len: int):  # type: ignore[no-untyped-def]

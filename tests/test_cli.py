@@ -82,6 +82,7 @@ def test_tasks_of_another_environment_are_refused(tmp_path):
         (["rollout", "--env", "db", "--shard", "5/4", "--out", "x.jsonl"], "shard"),
         (["rollout", "--env", "db", "--policy", "noisy:abc", "--out", "x.jsonl"], "probability"),
         (["rollout", "--env", "db", "--policy", "magic", "--out", "x.jsonl"], "unknown policy"),
+        (["eval", "--policy", "noisy:7", "--out", "x.jsonl"], "probability"),  # before the out folder is made
         (["tasks", "--env", "db", "--split", "dev"], "--split must be train or test"),
     ],
 )
@@ -117,8 +118,8 @@ def test_show_renders_thought_action_observation(tmp_path):
 
 def test_check_command_passes_for_db():
     r = run("check", "--env", "db", "--max-tasks", "30")
-    # six contract checks and three adversarial ones (bounded actions, no leaks, lifecycle)
-    assert r.exit_code == 0 and "FAIL" not in r.output and r.output.count("│ pass   │") == 9, r.output
+    # seven contract checks (payloads included) and three adversarial ones (bounded actions, no leaks, lifecycle)
+    assert r.exit_code == 0 and "FAIL" not in r.output and r.output.count("│ pass   │") == 10, r.output
 
 
 def test_resume_appends_only_missing(tmp_path):
@@ -129,25 +130,30 @@ def test_resume_appends_only_missing(tmp_path):
     assert len(ids) == len(set(ids)) == 6
 
 
-def test_filter_then_mix(tmp_path):
+def test_filter_decontaminate_prepare_mix(tmp_path):
+    """The README's data commands, in order, on a real noisy rollout."""
     runs = tmp_path / "runs.jsonl"
     run("rollout", "--env", "db", "--split", "train", "-n", "40", "--policy", "noisy:0.3", "--out", str(runs),
         "--no-progress")
     n_success = sum(t.success for t in read_records(runs, Trajectory))
-    r = run("filter", str(runs), "--out", str(tmp_path / "ai"))
+    r = run("filter", str(runs), "--out", str(tmp_path / "kept"))
     assert r.exit_code == 0 and "db-v1" in r.output
+    assert len((tmp_path / "kept" / "kept.jsonl").read_text().splitlines()) == n_success
+    stats = json.loads((tmp_path / "kept" / "stats.json").read_text())
+    assert stats["envs"][-1]["env"] == "all" and stats["envs"][-1]["total"] == 40
+    assert stats["envs"][-1]["kept"] == n_success
+    r = run("decontaminate", str(tmp_path / "kept"), "--out", str(tmp_path / "ai"))
+    assert r.exit_code == 0, r.output
     lines = (tmp_path / "ai" / "db.jsonl").read_text().splitlines()
     assert 0 < len(lines) <= n_success  # only successful ones survive (minus any decontaminated)
     rec = json.loads(lines[0])
     assert set(rec) == {"id", "conversations"} and rec["conversations"][-1]["loss"] is True
-    stats = json.loads((tmp_path / "ai" / "stats.json").read_text())
-    assert stats["envs"][-1]["env"] == "all" and stats["envs"][-1]["total"] == 40
-    assert stats["envs"][-1]["kept"] == n_success
-    r = run("mix", str(tmp_path / "ai"), "--out", str(tmp_path / "mix"), "--eta", "1", "-n", "5")
-    assert r.exit_code == 0 and len((tmp_path / "mix" / "train.jsonl").read_text().splitlines()) == 5
-    r = run("filter", str(runs), "--out", str(tmp_path / "agentinstruct.jsonl"))
-    assert r.exit_code == 0 and (tmp_path / "agentinstruct.jsonl").read_text().splitlines() == lines
-    assert (tmp_path / "agentinstruct.stats.json").exists() and (tmp_path / "agentinstruct.manifest.json").exists()
+    assert json.loads((tmp_path / "ai" / "stats.json").read_text())["envs"] == stats["envs"]  # carried forward
+    r = run("prepare", str(tmp_path / "ai"), "--tokenizer", "llama3", "--no-pack", "--max-len", "2048",
+            "--out", str(tmp_path / "prepared"))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = run("mix", "--agent", str(tmp_path / "prepared"), "--out", str(tmp_path / "mix"), "--eta", "1", "-n", "5")
+    assert r.exit_code == 0 and json.loads((tmp_path / "mix" / "metrics.json").read_text())["draws"]["agent"] == 5
     r = runner.invoke(app, ["filter", str(runs), "--out", str(tmp_path / "x"), "--min-reward", "db=abc"])
     assert r.exit_code == 2 and "FAMILY=VALUE" in r.output
 

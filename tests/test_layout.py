@@ -158,7 +158,8 @@ SAME_MEANING = {
     "main": "a module's entry point (cli, python -m agenttuning.train)",
     # a CLI command and the stage function it runs
     "rollout": "agenttuning rollout runs rollout.engine.rollout",
-    "prepare": "agenttuning prepare runs tokens.prepare.prepare",
+    "decontaminate": "agenttuning decontaminate runs stages.decontaminate.run, made of data.decontam.decontaminate",
+    "run": "each stage module's entry point, stages.<name>.run(config, inputs, out)",
     "train": "agenttuning train runs train.trainer.train",
     "serve": "agenttuning serve runs serve.app.serve",
 }

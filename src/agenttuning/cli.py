@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from agenttuning.jsonl import RecordError
+
+if TYPE_CHECKING:
+    from agenttuning.policies.specs import PolicySpec
 
 app = typer.Typer(
     help="AgentTuning end to end: collect ReAct trajectories in real environments, tune, evaluate.",
@@ -113,12 +117,13 @@ def rollout(
     """Collect ReAct trajectories: run a policy on an environment's tasks, appending each finished episode."""
     from agenttuning.envs.base import get
     from agenttuning.jsonl import read_records
-    from agenttuning.policies import make_policy
+    from agenttuning.policies import make_policy, parse_policy_spec
     from agenttuning.rollout.engine import EpisodeLimits, parse_shard
     from agenttuning.rollout.engine import rollout as run
     from agenttuning.rollout.progress import RolloutProgress, summary_table
     from agenttuning.schema import Task
 
+    spec = parse_policy_spec(policy)  # a bad spec is an error before anything is read or run
     definition = get(env)
     if tasks_file is not None:
         task_list = read_records(tasks_file, Task)
@@ -128,8 +133,8 @@ def rollout(
     else:
         task_list = definition.tasks(_split(split))
     task_list = task_list[:n]
-    options = _policy_options(policy, base_url, api_key, temperature, max_tokens, seed)
-    pol = make_policy(policy, env=definition, **options)
+    options = _policy_options(spec, base_url, api_key, temperature, max_tokens, seed)
+    pol = make_policy(spec, env=definition, **options)
     limits = EpisodeLimits(max_turns=max_turns, max_context_tokens=max_context_tokens, timeout_s=timeout)
     with RolloutProgress(f"{definition.id} · {pol.name}", enabled=progress) as bar:
         summary = run(
@@ -140,16 +145,18 @@ def rollout(
 
 
 def _policy_options(
-    spec: str, base_url: str | None, api_key: str | None, temperature: float | None, max_tokens: int | None,
+    spec: PolicySpec, base_url: str | None, api_key: str | None, temperature: float | None, max_tokens: int | None,
     seed: int | None,
 ) -> dict[str, Any]:
-    kind = spec.partition(":")[0]
-    if kind == "openai":
+    """The command's options that the spec's kind of policy takes, under its constructor's names."""
+    from agenttuning.policies import HFSpec, NoisySpec, OpenAISpec
+
+    if isinstance(spec, OpenAISpec):
         return {"base_url": base_url, "api_key": api_key, "temperature": temperature, "max_tokens": max_tokens,
                 "seed": seed}
-    if kind == "hf":
+    if isinstance(spec, HFSpec):
         return {"temperature": temperature, "max_new_tokens": max_tokens, "seed": seed}
-    if kind in ("noisy", "random"):
+    if isinstance(spec, NoisySpec):
         return {"seed": seed}
     return {}
 
@@ -214,36 +221,32 @@ def check(
 @_friendly
 def filter_(
     inputs: Annotated[list[Path], typer.Argument(help="Trajectory JSONL files or directories of them.")],
-    out: Annotated[Path, typer.Option(help="Output: a directory (<family>.jsonl, the published layout) or one .jsonl/.parquet file.")],
+    out: Annotated[Path, typer.Option(help="Output folder: kept.jsonl (the kept trajectories), stats.json, manifest.json.")],
     min_reward: Annotated[
         list[str] | None, typer.Option(help="Keep threshold, FAMILY=VALUE or VALUE for all (default: 1, mind2web 2/3).")
     ] = None,
+    require_success: Annotated[bool, typer.Option(help="Also require the environment's success flag.")] = False,
     max_tokens: Annotated[int | None, typer.Option(help="Drop trajectories longer than this (approximate tokens).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="jsonl or parquet.")] = "jsonl",
+    keep_all: Annotated[bool, typer.Option(help="Keep every finished trajectory (the paper's unfiltered ablation).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder that holds no earlier filter output.")] = False,
 ) -> None:
-    """Trajectories -> AgentInstruct: keep by reward, drop unparsable / too long / duplicate / test-contaminated.
+    """Keep the trajectories worth training on (reward, finished, parsable, length), with statistics per environment.
 
-    The --out folder is written fresh and swapped in when complete; keeping nothing is an error (exit 1)."""
-    from agenttuning.data.filter import PAPER_MIN_REWARD, stats_table
-    from agenttuning.data.stages import build_agentinstruct
+    Next: ``agenttuning decontaminate OUT --out data/agentinstruct``. The --out folder is written fresh and swapped in
+    when complete; keeping nothing is an error (exit 1)."""
+    from agenttuning.data.filter import stats_table
+    from agenttuning.stages import filter as stage
 
-    if fmt not in ("jsonl", "parquet"):
-        raise ValueError("--format must be jsonl or parquet")
-    result = build_agentinstruct(
-        inputs, out, min_reward=_thresholds(min_reward) if min_reward else PAPER_MIN_REWARD,
-        max_tokens=max_tokens, fmt=fmt, overwrite=overwrite,  # type: ignore[arg-type]
-    )
-    console.print(stats_table(result.filter))
-    drops = result.decontam.dropped
-    console.print(
-        f"decontamination and dedup: kept {len(result.decontam.kept)}, dropped "
-        + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")
-    )
-    console.print(f"wrote {result.kept} trajectories to {out}/ " + str(dict(sorted(result.written.items()))))
+    fields: dict[str, Any] = {"enabled": not keep_all, "require_success": require_success, "max_tokens": max_tokens}
+    if min_reward:
+        fields["min_reward"] = _thresholds(min_reward)
+    result = stage.run(stage.FilterConfig(**fields), inputs, out, overwrite=overwrite)
+    stats = json.loads((out / result.stats).read_text(encoding="utf-8"))
+    console.print(stats_table(stats["envs"]))
+    console.print(f"kept {result.n_kept} of {result.total} trajectories in {out / result.kept}")
 
 
-def _thresholds(items: list[str]) -> dict[str, float]:
+def _thresholds(items: list[str]) -> dict[str, float] | float:
     out: dict[str, float] = {}
     for item in items:
         family, sep, value = item.rpartition("=")
@@ -251,36 +254,53 @@ def _thresholds(items: list[str]) -> dict[str, float]:
             out[family if sep else "*"] = float(value)
         except ValueError:
             raise ValueError(f"--min-reward {item!r}: expected FAMILY=VALUE or VALUE") from None
-    return out
+    return out["*"] if list(out) == ["*"] else out
+
+
+@app.command()
+@_friendly
+def decontaminate(
+    inputs: Annotated[list[Path], typer.Argument(help="A filter output, trajectories, or examples in any layout (AgentInstruct, ShareGPT, OpenAI).")],
+    out: Annotated[Path, typer.Option(help="Output folder: <family>.jsonl (AgentInstruct layout; general chat as ShareGPT), stats.json, manifest.json.")],
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or parquet.")] = "jsonl",
+    keep_all: Annotated[bool, typer.Option(help="Only convert: drop nothing (an ablation).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder that holds no earlier decontaminate output.")] = False,
+) -> None:
+    """Drop duplicates and anything overlapping a test task (same id, same instruction, a shared 10-gram); write the
+    published AgentInstruct layout, one file per family."""
+    from agenttuning.stages import decontaminate as stage
+
+    if fmt not in ("jsonl", "parquet"):
+        raise ValueError("--format must be jsonl or parquet")
+    result = stage.run(stage.DecontaminateConfig(enabled=not keep_all, format=fmt), inputs, out, overwrite=overwrite)  # type: ignore[arg-type]
+    t = _metric_table(f"decontaminate → {out}")
+    for family, n in result.records.items():
+        t.add_row(f"kept · {family}", str(n))
+    for reason, n in result.dropped.items():
+        t.add_row(f"dropped · {reason}", str(n))
+    console.print(t)
 
 
 @app.command()
 @_friendly
 def mix(
-    agent: Annotated[Path, typer.Argument(help="AgentInstruct data (a file or a directory of family files).")],
-    out: Annotated[Path, typer.Option(help="Output directory (train.jsonl + metrics.json).")],
-    general: Annotated[Path | None, typer.Option(help="General chat data (ShareGPT or OpenAI messages).")] = None,
+    agent: Annotated[Path | None, typer.Option(help="Prepared agent data (a prepare --no-pack output folder).")] = None,
+    general: Annotated[Path | None, typer.Option(help="Prepared general data (a prepare --no-pack output folder).")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder (metrics.json, manifest.json).")] = Path("mix"),
     eta: Annotated[float, typer.Option(help="Share of agent data (the paper: 0.2).")] = 0.2,
-    n: Annotated[int | None, typer.Option("-n", help="Examples to draw (default: one epoch).")] = None,
+    n: Annotated[int | None, typer.Option("-n", help="Draws to describe (default: one epoch).")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    general_format: Annotated[str, typer.Option(help="sharegpt or openai.")] = "sharegpt",
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder that holds no earlier mix output.")] = False,
 ) -> None:
-    """A static eta-mixture of agent and general data (each example is agent data with probability eta).
+    """What the eta-mixture the trainer draws holds: examples and tokens per source over one epoch.
 
-    The --out folder is written fresh and swapped in when complete; an empty mixture is an error (exit 1)."""
-    from agenttuning.data.stages import mix_datasets
+    The trainer mixes as it trains (each example is agent data with probability eta), from the same prepared
+    folders; nothing is copied. See docs/data.md."""
+    from agenttuning.stages import mix as stage
 
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError("--eta must be in [0, 1]")
-    if general_format not in ("sharegpt", "openai"):
-        raise ValueError("--general-format must be sharegpt or openai")
-    if n is not None and n < 1:
-        raise ValueError("-n must be at least 1")
-    r = mix_datasets(agent, general, out, eta=eta, n=n, seed=seed, general_format=general_format,  # type: ignore[arg-type]
-                     overwrite=overwrite)
-    t = _metric_table(f"mix → {r.out}")
-    for k, v in r.to_json().items():
+    r = stage.run(stage.MixConfig(eta=eta, seed=seed, n=n), agent, general, out, overwrite=overwrite)
+    t = _metric_table(f"mix → {out}")
+    for k, v in r.model_dump(exclude={"metrics"}).items():
         t.add_row(k, str(v))
     console.print(t)
 
@@ -288,11 +308,11 @@ def mix(
 @app.command()
 @_friendly
 def prepare(
-    data: Annotated[list[Path], typer.Argument(help="Examples: mix output, AgentInstruct, ShareGPT, OpenAI or trajectories.")],
+    data: Annotated[list[Path], typer.Argument(help="Examples: AgentInstruct, ShareGPT, OpenAI messages or trajectories.")],
     tokenizer: Annotated[str, typer.Option(help="HF id or path, .gguf or alias; llama3, mistral, tekken build the real ones offline.")],
     out: Annotated[Path, typer.Option(help="Output directory (train.parquet|jsonl, stats.json, manifest.json).")],
     max_len: Annotated[int, typer.Option(help="Sequence length (the paper: 4096).")] = 4096,
-    pack: Annotated[bool, typer.Option(help="Best-fit-decreasing packing, padding-free.")] = True,
+    pack: Annotated[bool, typer.Option(help="Best-fit-decreasing packing, padding-free (--no-pack: what the trainer reads).")] = True,
     policy: Annotated[str, typer.Option(help="Too long: truncate_turns (cut at a turn boundary) or drop.")] = "truncate_turns",
     template: Annotated[str | None, typer.Option(help="Chat template (default: the tokenizer's own): llama2-chat, llama3, mistral, chatml.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
@@ -302,8 +322,10 @@ def prepare(
     """Tokenise, mask (loss only on trained assistant turns), fit to max_len and pack examples for training.
 
     The --out folder is written fresh and swapped in when complete; no row to write is an error (exit 1)."""
-    from agenttuning.tokens.masks import visualize
-    from agenttuning.tokens.prepare import prepare as run
+    import time
+
+    from agenttuning.stages import prepare as stage
+    from agenttuning.tokens.prepare import load_tokenizer_by_name
 
     if fmt not in ("parquet", "jsonl"):
         raise ValueError("--format must be parquet or jsonl")
@@ -311,29 +333,40 @@ def prepare(
         raise ValueError("--policy must be truncate_turns or drop")
     if max_len < 2:
         raise ValueError("--max-len must be at least 2")
-    r = run(data, tokenizer, out, max_len=max_len, packed=pack, policy=policy, template=template, fmt=fmt,  # type: ignore[arg-type]
-            overwrite=overwrite)
+    config = stage.PrepareConfig(max_len=max_len, pack=pack, length_policy=policy, chat_template=template, format=fmt)  # type: ignore[arg-type]
+    tok = load_tokenizer_by_name(tokenizer)
+    t0 = time.perf_counter()
+    r = stage.run(config, data, tok, out, overwrite=overwrite)
+    seconds = time.perf_counter() - t0
     t = _metric_table(f"prepare → {out}")
     L = r.length
     t.add_row("examples in", f"{r.examples_in} " + str(r.sources))
     if r.rejected:
         t.add_row("rejected by the template", f"{r.rejected} (first: {r.first_rejection})")
-    t.add_row(f"fitted to {max_len} ({L.policy})", f"kept {L.kept}, cut {L.cut}, dropped {L.dropped}")
-    t.add_row("tokens lost", f"{L.tokens_lost} of {L.tokens_total}")
-    t.add_row("trained tokens lost", f"{L.trained_lost} of {L.trained_total}")
+    t.add_row(f"fitted to {max_len} ({L['policy']})", f"kept {L['kept']}, cut {L['cut']}, dropped {L['dropped']}")
+    t.add_row("tokens lost", f"{L['tokens_total'] - L['tokens_kept']} of {L['tokens_total']}")
+    t.add_row("trained tokens lost", f"{L['trained_total'] - L['trained_kept']} of {L['trained_total']}")
     for name, d in r.length_policies.items():
         t.add_row(f"  if {name}", f"loses {d['trained_total'] - d['trained_kept']} trained tokens")
-    t.add_row("rows", str(r.packing.rows))
-    t.add_row("packing efficiency", f"{r.packing.efficiency:.2%}")
-    t.add_row("tokenise+mask+pack", f"{r.tokens_per_s:,.0f} tokens/s")
+    t.add_row("rows", str(r.rows))
+    t.add_row("packing efficiency", f"{r.packing['efficiency']:.2%}")
+    t.add_row("read+tokenise+mask+pack", f"{L['tokens_total'] / seconds:,.0f} tokens/s")
     console.print(t)
     if show:
-        from agenttuning.tokens.prepare import load_tokenizer_by_name
+        _show_prepared(config, data, tok, show)
 
-        tok = load_tokenizer_by_name(tokenizer)
-        for ex, enc in list(zip(r.examples, r.encoded))[:show]:
-            console.rule(f"{ex.id} [{ex.source}/{ex.family}] {len(enc.input_ids)} tokens, {enc.num_trained} trained")
-            console.print(visualize(enc, tok, max_tokens=2000))
+
+def _show_prepared(config: Any, data: list[Path], tok: Any, k: int) -> None:
+    """The first ``k`` examples rendered again (cheap) with their trained tokens coloured."""
+    from agenttuning.data.reader import read_data
+    from agenttuning.stages.prepare import prepare_examples
+    from agenttuning.tokens.masks import visualize
+
+    examples = [ex for p in data for ex in read_data(p).examples][: k * 4]  # a few spare for refused or too long ones
+    _, _, kept = prepare_examples(config, examples, tok)
+    for ex, enc in kept[:k]:
+        console.rule(f"{ex.id} [{ex.source}/{ex.family}] {len(enc.input_ids)} tokens, {enc.num_trained} trained")
+        console.print(visualize(enc, tok, max_tokens=2000))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -371,15 +404,12 @@ def train(
 
 def _check_train_paths(cfg: Any) -> None:
     """Before any model loads: the model and tokenizer can be found and the data paths exist (ConfigError)."""
-    from agenttuning.pipeline.config import PipelineConfigError, check_model_path
+    from agenttuning.pipeline.config import check_model_path
     from agenttuning.train import ConfigError
 
-    try:
-        check_model_path(cfg.model, "model")
-        if cfg.tokenizer is not None:
-            check_model_path(cfg.tokenizer, "tokenizer", model=False)
-    except PipelineConfigError as e:
-        raise ConfigError(str(e)) from None
+    check_model_path(cfg.model, "model")  # its error is a ConfigError naming the key
+    if cfg.tokenizer is not None:
+        check_model_path(cfg.tokenizer, "tokenizer", model=False)
     for key in ("agent_data", "general_data"):
         path = getattr(cfg, key)
         if path is not None and not Path(path).expanduser().exists():
@@ -441,15 +471,17 @@ def eval_(
 ) -> None:
     """Agent evaluation: the test split of every selected environment, success and reward with 95% intervals."""
     from agenttuning.eval.agent import evaluate_agent
+    from agenttuning.policies.specs import parse_policy_spec
     from agenttuning.rollout.engine import EpisodeLimits
 
+    spec = parse_policy_spec(policy)  # a bad spec is an error before anything is read or run
     families: Any = None
     if held_in is not None:
         families = held_in if Path(held_in).exists() else {f.strip() for f in held_in.split(",") if f.strip()}
     result = evaluate_agent(
-        policy, [e.strip() for e in envs.split(",") if e.strip()], held_in=families, out_dir=out, n=n,
+        spec, [e.strip() for e in envs.split(",") if e.strip()], held_in=families, out_dir=out, n=n,
         concurrency=concurrency, limits=EpisodeLimits(max_turns=max_turns, timeout_s=timeout),
-        policy_options=_policy_options(policy, base_url, api_key, temperature, max_tokens, None),
+        policy_options=_policy_options(spec, base_url, api_key, temperature, max_tokens, None),
     )
     console.print(result.table())
     console.print(f"[dim]{out / 'results.json'}[/]")
@@ -489,7 +521,7 @@ def pipeline(
     config: Annotated[str, typer.Argument(help="Pipeline YAML, or 'default' for the embedded CPU demo.")] = "default",
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
 ) -> None:
-    """tasks → rollout → filter → decontam → mix → train → eval → report; done stages are skipped (content keys).
+    """tasks → rollout → filter → decontaminate → prepare → mix → train → eval → report; done stages are skipped.
 
     Extra arguments override config keys: ``agenttuning pipeline cfg.yaml mix.eta=0.5 out=runs/x``.
     """
@@ -535,7 +567,7 @@ def sweep(
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
 ) -> None:
     """The paper's ablations in shape: the pipeline over eta values, and filtered vs unfiltered trajectories."""
-    from agenttuning.pipeline import apply_pipeline_overrides, load_pipeline_config, run_sweep
+    from agenttuning.pipeline import load_pipeline_config, run_sweep
     from agenttuning.pipeline.run import headline_console_table, stages_table
 
     config, overrides = _config_and_overrides(config, list(ctx.args))
@@ -544,7 +576,7 @@ def sweep(
     if unfiltered is not None:
         overrides.append(f"sweep.unfiltered={str(unfiltered).lower()}")
     _library_progress(progress)
-    cfg = apply_pipeline_overrides(load_pipeline_config(config), overrides)
+    cfg = load_pipeline_config(config, overrides)
     run = run_sweep(cfg, console=err, progress=progress)
     console.print(stages_table(run))
     console.print(headline_console_table(run))

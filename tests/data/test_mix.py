@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agenttuning.data.example import Example
-from agenttuning.data.mix import BLOCK, MixSampler, epoch_length, premix
-from agenttuning.schema import Turn
+from agenttuning.data.mix import BLOCK, MixSampler, epoch_length
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.2, 0.5, 1.0])
@@ -60,18 +58,3 @@ def test_epoch_length_sees_the_agent_data_once_in_expectation():
     assert epoch_length(1866, 10**6, 1.0) == 1866
     assert epoch_length(0, 700, 0.0) == 700
     assert epoch_length(10, 3, 0.3) == 34
-
-
-def _ex(source, i):
-    turns = [Turn(role="user", content="q"), Turn(role="assistant", content=f"{i}", loss=True)]
-    return Example(id=f"{source}-{i}", source=source, family="db" if source == "agent" else "sharegpt", turns=turns)
-
-
-def test_premix_is_the_samplers_first_draws():
-    agent, general = [_ex("agent", i) for i in range(30)], [_ex("general", i) for i in range(200)]
-    mixed = premix(agent, general, eta=0.2, seed=4)
-    assert len(mixed) == epoch_length(30, 200, 0.2) == 150
-    draws = MixSampler(30, 200, 0.2, seed=4).take(150)
-    assert [e.id for e in mixed] == [f"{s}-{i}" for s, i in draws]
-    assert len(premix(agent, general, eta=0.2, n=10, seed=4)) == 10
-    assert {e.source for e in premix(agent, [], eta=1.0, seed=0)} == {"agent"}

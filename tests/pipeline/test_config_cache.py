@@ -8,31 +8,28 @@ from pathlib import Path
 import pytest
 
 from agenttuning.pipeline.cache import StageDir, file_digest, stage_key
-from agenttuning.pipeline.config import (
-    PipelineConfigError,
-    apply_pipeline_overrides,
-    load_pipeline_config,
-)
+from agenttuning.config import ConfigError, override
+from agenttuning.pipeline.config import PipelineConfigError, load_pipeline_config
 
 
 def test_embedded_default_loads_and_overrides_apply() -> None:
     cfg = load_pipeline_config("default", ["mix.eta=0.5", "teacher.n=7", "train.max_steps=3", "eval.envs=[db]"])
-    assert cfg.mix.eta == 0.5 and cfg.teacher.n == 7 and cfg.train["max_steps"] == 3 and cfg.eval.envs == ["db"]
+    assert cfg.mix.eta == 0.5 and cfg.teacher.n == 7 and cfg.train.max_steps == 3 and cfg.eval.envs == ["db"]
     assert cfg.model.name == "smollm2-135m-instruct" and cfg.general.source == "stdlib"
-    assert cfg.train["method"] == "lora" and cfg.filter.enabled and cfg.mix.eta == 0.5
+    assert cfg.train.method == "lora" and cfg.filter.enabled and cfg.mix.eta == 0.5
     assert load_pipeline_config("scratch").model.name.startswith("scratch:")  # the smoke run keeps the tiny model
 
 
 def test_bad_configs_name_the_file_and_key(tmp_path: Path) -> None:
     bad = tmp_path / "p.yaml"
     bad.write_text("mix:\n  etaa: 0.3\n")
-    with pytest.raises(PipelineConfigError, match=r"p\.yaml: mix\.etaa"):
+    with pytest.raises(PipelineConfigError, match=r"p\.yaml: unknown config key 'mix\.etaa'; did you mean mix\.eta"):
         load_pipeline_config(bad)
     bad.write_text("train:\n  model: x\n")
     with pytest.raises(PipelineConfigError, match="train.model is set by the pipeline"):
         load_pipeline_config(bad)
     bad.write_text("train:\n  lrr: 1\n")
-    with pytest.raises(PipelineConfigError, match="unknown train key 'lrr'"):
+    with pytest.raises(PipelineConfigError, match="unknown config key 'train.lrr'; did you mean train.lr"):
         load_pipeline_config(bad)
     bad.write_text("train:\n  batch_size: 8\n  batch_tokens: 4096\n")  # caught at load, not minutes later
     with pytest.raises(PipelineConfigError, match="p.yaml: train: set exactly one of batch_size"):
@@ -43,10 +40,18 @@ def test_bad_configs_name_the_file_and_key(tmp_path: Path) -> None:
     with pytest.raises(PipelineConfigError, match="no such config file"):
         load_pipeline_config(tmp_path / "missing.yaml")
     cfg = load_pipeline_config("default")
-    with pytest.raises(PipelineConfigError, match="mix.eta"):
-        apply_pipeline_overrides(cfg, ["mix.eta=1.5"])
-    with pytest.raises(PipelineConfigError, match="expected KEY=VALUE"):
-        apply_pipeline_overrides(cfg, ["mix.eta"])
+    bad.write_text("train:\n  max_len: 512\n")
+    with pytest.raises(PipelineConfigError, match=r"train.max_len is set by the pipeline \(use prepare.max_len\)"):
+        load_pipeline_config(bad)
+    bad.write_text("prepare:\n  pack: true\n")
+    with pytest.raises(PipelineConfigError, match="prepare.pack must be false"):
+        load_pipeline_config(bad)
+    with pytest.raises(PipelineConfigError, match="overrides: mix.eta"):
+        load_pipeline_config("default", ["mix.eta=1.5"])
+    with pytest.raises(ConfigError, match="mix.eta"):
+        override(cfg, ["mix.eta=1.5"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        override(cfg, ["mix.eta"])
 
 
 def test_stage_key_depends_on_every_part() -> None:
@@ -83,8 +88,8 @@ def test_a_stage_counts_as_done_only_after_its_manifest(tmp_path: Path) -> None:
     (sd.path / "kept.jsonl").write_text("partial")
     sd.prepare(keep_partial=True)  # a resumable one keeps its partial output
     assert (sd.path / "kept.jsonl").read_text() == "partial"
-    sd.finish(settings={"x": 1}, inputs={}, outputs={"kept": "kept.jsonl"}, seconds=0.5)
-    assert sd.complete() and sd.manifest()["outputs"] == {"kept": "kept.jsonl"}
+    sd.finish(settings={"x": 1}, inputs={}, result={"kept": "kept.jsonl"}, seconds=0.5)
+    assert sd.complete() and sd.manifest().result == {"kept": "kept.jsonl"} and sd.manifest().key == sd.key
     # a folder whose manifest names another key (a 12-hex prefix collision) is not a hit
     other = StageDir("filter", "ab" * 6 + "cd" * 26, sd.path)
     assert not other.complete()

@@ -75,8 +75,8 @@ def test_valid_policies_and_options_pass() -> None:
     ("sweep.eta=[]", r"sweep\.eta: List should have at least 1 item"),
     ("mix.eta=-0.1", r"mix\.eta: Input should be greater than or equal to 0"),
     ("teacher.n=0", r"teacher\.n: Input should be greater than or equal to 1"),
-    ("train.max_steps=0", r"train: max_steps: Input should be greater than or equal to 1"),
-    ("train.batch_size=-4", r"train: batch_size: Input should be greater than or equal to 1"),
+    ("train.max_steps=0", r"train.max_steps: Input should be greater than or equal to 1"),
+    ("train.batch_size=-4", r"train.batch_size: Input should be greater than or equal to 1"),
     ("model.overrides={hiden_size: 64}", r"model\.overrides: unknown LlamaConfig field\(s\) 'hiden_size'"),
     ("model.name=scratch:huge", r"model\.name: unknown scratch preset 'huge'"),
 ])  # fmt: skip
@@ -113,31 +113,31 @@ def test_prepare_with_every_agent_example_too_long_fails_and_records_no_manifest
     from agenttuning.pipeline.stages import STAGES, StageRecord
     from agenttuning.schema import Turn
 
-    cfg = _load(f"out={tmp_path / 'run'}", "train.max_len=48", "train.length_policy=drop")
+    cfg = _load(f"out={tmp_path / 'run'}", "prepare.max_len=48", "prepare.length_policy=drop")
     long = [Example(id=f"db-{i}", source="agent", family="db", turns=[
         Turn(role="user", content="Thought and action, at length. " * 20),
         Turn(role="assistant", content="Thought: long. " * 20, loss=True)]) for i in range(3)]  # fmt: skip
     short = [Example(id=f"g{i}", source="general", family="chat", turns=[
         Turn(role="user", content="hi"), Turn(role="assistant", content="ok", loss=True)]) for i in range(3)]  # fmt: skip
-    (tmp_path / "decontam").mkdir()
-    write_atomic(tmp_path / "decontam" / "agentinstruct.jsonl", [to_agentinstruct_record(e) for e in long])
+    (tmp_path / "decontaminate").mkdir()
+    write_atomic(tmp_path / "decontaminate" / "db.jsonl", [to_agentinstruct_record(e) for e in long])
     write_examples(short, tmp_path / "general" / "train.jsonl")
     records = {
-        "decontam": StageRecord("decontam", "d", tmp_path / "decontam", {"agentinstruct": "agentinstruct.jsonl"}),
+        "decontaminate": StageRecord("decontaminate", "d", tmp_path / "decontaminate", {"files": {"db": "db.jsonl"}}),
         "general": StageRecord("general", "g", tmp_path / "general", {"train": "train.jsonl"}),
         "model": StageRecord("model", "m", tmp_path, {"model": "m", "tokenizer": "llama3", "local": False}),
     }
     stage = next(s for s in STAGES if s.name == "prepare")
-    planned = PlannedStage(stage, "k" * 64, {"decontam": "d", "general": "g", "model": "m"})
-    with pytest.raises(EmptyOutputError, match=r"prepare \(agent data\): no rows to write: 3 examples read .*3 "
-                       r"longer than max_len=48 \(policy drop\).*train\.max_len"):  # fmt: skip
+    planned = PlannedStage(stage, "k" * 64, {"decontaminate": "d", "general": "g", "model": "m"})
+    with pytest.raises(EmptyOutputError, match=r"prepare \(agent data\): prepare .*decontaminate: no rows to write: 3 examples read, 3 "
+                       r"longer than max_len=48 \(policy drop\).*prepare\.max_len"):  # fmt: skip
         _run_stage(planned, cfg, records, Console(file=open("/dev/null", "w")), False)  # noqa: SIM115
     sd = StageDir.at(cfg.out, "prepare", "k" * 64)
     assert not sd.complete() and not sd.manifest_path.exists()
     assert not (sd.path / "agent" / "train.parquet").exists()
 
     # with room for the examples the same stage is recorded done, and mix reads both sources' rows
-    cfg = _load(f"out={tmp_path / 'run'}", "train.max_len=1024", "train.length_policy=drop")
+    cfg = _load(f"out={tmp_path / 'run'}", "prepare.max_len=1024", "prepare.length_policy=drop")
     rec = _run_stage(planned, cfg, records, Console(file=open("/dev/null", "w")), False)  # noqa: SIM115
     assert rec.status == "ran" and sorted(p.name for p in rec.dir.iterdir()) == ["agent", "general", "manifest.json"]
     mix = next(s for s in STAGES if s.name == "mix")
@@ -161,7 +161,7 @@ def test_a_pipeline_filter_that_keeps_nothing_fails_with_the_drop_counts(tmp_pat
     cfg = _load(f"out={tmp_path / 'run'}")
     stage = next(s for s in STAGES if s.name == "filter")
     rollout = StageRecord("rollout", "r", tmp_path, {"files": ["db-v1.jsonl"]})
-    with pytest.raises(EmptyOutputError, match=r"filter: no trajectory kept of 3 \(dropped: low_reward 3\)"):
+    with pytest.raises(EmptyOutputError, match=r"filter: no trajectory kept of 3 read from .*\(dropped: low_reward 3\)"):
         _run_stage(PlannedStage(stage, "f" * 64, {"rollout": "r"}), cfg, {"rollout": rollout},
                    Console(file=open("/dev/null", "w")), False)  # noqa: SIM115
     assert not StageDir.at(cfg.out, "filter", "f" * 64).complete()

@@ -16,7 +16,7 @@ def _changed(a: dict[str, str], b: dict[str, str]) -> set[str]:
 def test_plan_is_deterministic_and_in_order() -> None:
     keys = _keys()
     assert keys == _keys()
-    assert list(keys) == ["tasks", "rollout", "filter", "decontam", "general", "tokenizer", "model", "prepare", "mix",
+    assert list(keys) == ["tasks", "rollout", "filter", "decontaminate", "general", "tokenizer", "model", "prepare", "mix",
                           "train", "eval-base", "eval-tuned"]
 
 
@@ -26,7 +26,7 @@ def test_changing_eta_changes_only_mix_train_and_tuned_eval() -> None:
 
 def test_unfiltered_keeps_the_base_model_and_its_evaluation() -> None:
     changed = _changed(_keys(), _keys("filter.enabled=false"))
-    assert changed == {"filter", "decontam", "prepare", "mix", "train", "eval-tuned"}
+    assert changed == {"filter", "decontaminate", "prepare", "mix", "train", "eval-tuned"}
 
 
 def test_teacher_and_training_changes_flow_downstream() -> None:

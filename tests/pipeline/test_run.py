@@ -16,7 +16,7 @@ from agenttuning.pipeline.run import sweep_variants
 TINY = [
     "teacher.n=12", "general.n=150", "general.held_out=8",
     "model.name=scratch:tiny", "model.vocab_size=600", "model.max_position_embeddings=2048",
-    "train.max_steps=2", "train.max_len=2048", "train.batch_size=4", "train.eval_every=0", "train.eval_fraction=0",
+    "train.max_steps=2", "prepare.max_len=2048", "train.batch_size=4", "train.eval_every=0", "train.eval_fraction=0",
     "train.log_every=1", "eval.n=2", "eval.max_turns=1", "eval.max_new_tokens=8", "eval.general_n=4",
 ]  # fmt: skip
 
@@ -34,21 +34,21 @@ def first(tmp_path_factory: pytest.TempPathFactory):
 
 def test_every_stage_runs_and_the_report_reads_their_files(first) -> None:
     out, run = first
-    assert run.ran() == ["tasks", "rollout", "filter", "decontam", "general", "tokenizer", "model", "prepare", "mix",
+    assert run.ran() == ["tasks", "rollout", "filter", "decontaminate", "general", "tokenizer", "model", "prepare", "mix",
                          "train", "eval-base", "eval-tuned", "report"]
     for rec in run.records.values():
         manifest = json.loads((rec.dir / "manifest.json").read_text())
         assert manifest["key"] == rec.key and rec.dir.name == f"{rec.name}-{rec.key[:12]}"
     # the teacher made mistakes and the filter dropped exactly those
-    teacher = run.records["rollout"].outputs["envs"]["db-v1"]
-    kept = run.records["filter"].outputs["n_kept"]
+    teacher = run.records["rollout"].result["envs"]["db-v1"]
+    kept = run.records["filter"].result["n_kept"]
     assert teacher["n"] == 12 and kept == teacher["successes"] < 12
     # base and tuned evaluated on every registered environment, db held-in, the rest held-out
     results = json.loads((run.records["eval-tuned"].dir / "agent" / "results.json").read_text())
     groups = {e["env_id"].split("-")[0]: e["group"] for e in results["envs"]}
     assert groups["db"] == "held-in" and groups["kg"] == "held-out"
     # the trained model is a real HF folder the hf policy loaded, with a training curve
-    assert (run.records["train"].dir / run.records["train"].outputs["model"] / "config.json").exists()
+    assert (run.records["train"].dir / run.records["train"].result["model"] / "config.json").exists()
     assert (out / "report" / "report.html").exists() and (out / "report" / "trajectories.html").exists()
     doc = json.loads((out / "run.json").read_text())
     assert set(doc["stages"]) == set(run.records) and doc["config"]["mix"]["eta"] == 0.2
@@ -68,7 +68,7 @@ def test_changing_eta_redoes_only_mix_train_eval_and_report(first) -> None:
     assert changed.ran() == ["mix", "train", "eval-tuned", "report"]
     assert changed.records["prepare"].dir == run.records["prepare"].dir
     assert changed.records["eval-base"].dir == run.records["eval-base"].dir
-    assert changed.records["mix"].outputs["eta"] == 0.5 and (out / "report").resolve() == changed.report.resolve()
+    assert changed.records["mix"].result["eta"] == 0.5 and (out / "report").resolve() == changed.report.resolve()
 
 
 def test_a_stage_killed_before_its_manifest_is_redone_alone(first) -> None:
@@ -76,7 +76,7 @@ def test_a_stage_killed_before_its_manifest_is_redone_alone(first) -> None:
     (run.records["train"].dir / "manifest.json").unlink()  # what a kill between the model and the manifest leaves
     again = _run(out)
     assert again.ran() == ["train"]
-    assert again.records["train"].outputs["steps"] == run.records["train"].outputs["steps"]
+    assert again.records["train"].result["steps"] == run.records["train"].result["steps"]
 
 
 def test_the_cli_prints_stages_and_the_headline(first) -> None:

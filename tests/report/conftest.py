@@ -4,7 +4,8 @@
   5 test tasks each: base = ``noisy:0.5``, tuned = ``expert``, sweep points = other ``noisy:P`` teachers;
 * teacher trajectories: the rollout engine with ``noisy:0.4`` on train tasks, plus an expert file that repeats
   three of those tasks and two *test* tasks, so deduplication and decontamination both drop something;
-* ``stats.json``: ``build_agentinstruct`` on those files; mix ``metrics.json``: ``mix_datasets`` with general data;
+* ``stats.json``: the filter and decontaminate stages on those files; mix ``metrics.json``: the mix stage over
+  both sources prepared with the real Llama 3 tokenizer;
 * general results: ``GeneralEvalResult(...).to_dict()``; ``metrics.jsonl``: records with the trainer's keys.
 """
 
@@ -53,7 +54,8 @@ def _train_metrics(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def files(tmp_path_factory) -> Files:
     from agenttuning.data.decontam import ContaminationIndex
-    from agenttuning.data.stages import build_agentinstruct, mix_datasets
+    from agenttuning.stages import decontaminate, filter, mix, prepare
+    from agenttuning.tokens.offline import llama3_tokenizer
     from agenttuning.envs import base
     from agenttuning.eval.agent import evaluate_agent
     from agenttuning.policies import make_policy
@@ -86,13 +88,18 @@ def files(tmp_path_factory) -> Files:
         rollout(db, extra, make_policy("expert", env=db), teacher / "db-extra.jsonl")
         teachers = [teacher / "db.jsonl", teacher / "lookup.jsonl", teacher / "db-extra.jsonl"]
         index = ContaminationIndex.build(db.tasks("test") + lookup.tasks("test"))  # the test splits of both
-        built = build_agentinstruct(teachers, root / "agentinstruct", index=index)
+        filter.run(filter.FilterConfig(), teachers, root / "kept")
+        built = decontaminate.run(decontaminate.DecontaminateConfig(), [root / "kept"], root / "agentinstruct",
+                                  index=index)  # fmt: skip
         sharegpt = [{"id": f"chat-{i}", "conversations": [{"from": "human", "value": f"What is {i} squared?"},
                                                           {"from": "gpt", "value": f"{i} squared is {i * i}."}]}
                     for i in range(12)]  # fmt: skip
         (root / "general.json").write_text(json.dumps(sharegpt), encoding="utf-8")
-        mixed = mix_datasets(root / "agentinstruct", root / "general.json", root / "mix", eta=0.2, n=20, index=index)
-        assert built.decontam.dropped["test_id"] == 2 and mixed.n == 20
+        tok, rows = llama3_tokenizer(), prepare.PrepareConfig(max_len=2048, pack=False)
+        prepare.run(rows, [root / "agentinstruct"], tok, root / "prepared-agent")
+        prepare.run(rows, [root / "general.json"], tok, root / "prepared-general")
+        mixed = mix.run(mix.MixConfig(eta=0.2, n=20), root / "prepared-agent", root / "prepared-general", root / "mix")
+        assert built.dropped["test_id"] == 2 and mixed.n == 20
 
     general = {"base": _general(root / "base-general.json", 2.31, 0.125),
                "tuned": _general(root / "tuned-general.json", 2.35, 0.109)}  # fmt: skip

@@ -220,14 +220,15 @@ def test_multi_turn_trains_exactly_the_loss_bearing_replies(tok, meta):
 def test_prepare_with_meta_llama3_as_the_tokenizers_own_template_writes_exact_rows(own, tmp_path):
     """Before: every example counted as template_rejects_roles and 0 rows written."""
     pq = pytest.importorskip("pyarrow.parquet")
-    from agenttuning.tokens.prepare import prepare
+    from agenttuning.stages.prepare import PrepareConfig
+    from agenttuning.stages.prepare import run as run_prepare
 
     examples = [
         Example(id=f"ex-{i}", source="agent", family="db", turns=[u(f"question {i} "), a(f"\n Answer {i}. \n")])
         for i in range(4)
     ]
     write_examples(examples, tmp_path / "in.jsonl")
-    r = prepare(tmp_path / "in.jsonl", own, tmp_path / "out", max_len=128, packed=False)
+    r = run_prepare(PrepareConfig(max_len=128, pack=False), [tmp_path / "in.jsonl"], own, tmp_path / "out")
     assert r.rejected == {}
     rows = sorted(pq.read_table(tmp_path / "out" / "train.parquet").to_pylist(), key=lambda row: row["id"])
     assert [row["id"] for row in rows] == [f"ex-{i}" for i in range(4)]
@@ -235,7 +236,7 @@ def test_prepare_with_meta_llama3_as_the_tokenizers_own_template_writes_exact_ro
         trained = [t for t, y in zip(row["input_ids"], row["labels"], strict=True) if y != IGNORE_INDEX]
         assert own.decode(trained) == f"Answer {i}.<|eot_id|>"
         assert row["input_ids"] == own.apply_chat_template(messages(examples[i].turns), return_dict=False)
-    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["rows"] == 4
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["result"]["rows"] == 4
 
 
 # -- other prefix-preserving templates that are not structured --------------------------------------------------------

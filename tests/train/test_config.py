@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agenttuning.train.config import ConfigError, TrainConfig, apply_train_overrides, load_config, save_config
+from agenttuning.config import override
+from agenttuning.train.config import ConfigError, TrainConfig, load_config, save_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 REQUIRED = ["model=m", "agent_data=a.parquet", "general_data=g.jsonl", "max_steps=3", "batch_size=4"]
@@ -54,9 +55,21 @@ def test_yaml_file_round_trip(tmp_path):
         load_config(path)
 
 
-def test_apply_train_overrides_revalidates():
+def test_override_revalidates():
     cfg = load_config(None, REQUIRED)
-    assert apply_train_overrides(cfg, ["max_steps=null", "epochs=1.5"]).epochs == 1.5
+    assert override(cfg, ["max_steps=null", "epochs=1.5"]).epochs == 1.5
+    with pytest.raises(ConfigError, match="exactly one of max_steps"):
+        override(cfg, ["epochs=1.5"])
+
+
+def test_a_settings_only_config_is_valid_but_cannot_train():
+    settings = TrainConfig(max_steps=3)  # the pipeline's train section: no model, no data yet
+    with pytest.raises(ConfigError, match="set model: .*agent_data: eta=0.2.*general_data"):
+        settings.require_inputs()
+    with pytest.raises(ConfigError, match="c.yaml: set model"):
+        settings.require_inputs("c.yaml")
+    with pytest.raises(ConfigError, match="config: set model"):  # the command's loader requires them
+        load_config(None, ["max_steps=3"])
 
 
 @pytest.mark.parametrize(("name", "size", "lr"), [("7b", "7b", 5e-5), ("13b", "13b", 5e-5), ("70b", "70b", 1e-5)])

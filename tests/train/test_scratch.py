@@ -156,7 +156,7 @@ def test_overrides_and_refusals(tmp_path, tok_dir):
 
 def test_trains_and_then_acts_as_a_policy(tmp_path, examples, tok_dir, model_dir):
     from agenttuning.policies.hf import HFPolicy
-    from agenttuning.tokens.prepare import prepare
+    from agenttuning.stages import prepare
     from agenttuning.train import load_config, train
 
     agent, general = examples
@@ -164,10 +164,10 @@ def test_trains_and_then_acts_as_a_policy(tmp_path, examples, tok_dir, model_dir
     write_examples(general, tmp_path / "general.jsonl")
     prepared = {}
     for name in ("agent", "general"):
-        result = prepare(tmp_path / f"{name}.jsonl", str(tok_dir), tmp_path / "prepared" / name, max_len=256,
-                         packed=False)  # fmt: skip
-        assert result.length.to_dict()["kept"] == 40
-        prepared[name] = result.out_dir
+        result = prepare.run(prepare.PrepareConfig(max_len=256, pack=False), [tmp_path / f"{name}.jsonl"],
+                             str(tok_dir), tmp_path / "prepared" / name)  # fmt: skip
+        assert result.length["kept"] == 40
+        prepared[name] = tmp_path / "prepared" / name
     run = tmp_path / "run"
     config = load_config(None, [
         f"model={model_dir}", f"agent_data={prepared['agent']}", f"general_data={prepared['general']}", "eta=0.5",

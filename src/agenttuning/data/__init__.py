@@ -8,9 +8,10 @@ module                 holds
 ``formats``            the AgentInstruct, ShareGPT and OpenAI-messages layouts, read and written
 ``filter``             trajectory filtering by reward, format and length (section 2.1), per-environment stats
 ``decontam``           duplicates and overlap with every registered test split (10-gram check)
-``mix``                hybrid instruction mixing with ratio eta (section 2.2): a resumable sampler, premixing
-``stages``             the stages the CLI calls: build AgentInstruct from trajectories, mix it with general data
+``mix``                hybrid instruction mixing with ratio eta (section 2.2): the trainer's resumable sampler
+``outputs``            stage output folders: refused when they must not be replaced, swapped in whole
 =====================  =====================================================================================
 
-Nothing heavy is imported here; import the submodule you need.
+The stages built on these (filter, decontaminate, mix, prepare: config in, result out, one manifest) live in
+:mod:`agenttuning.stages`. Nothing heavy is imported here; import the submodule you need.
 """

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -169,17 +169,22 @@ def _row(env: str, acc: dict[str, Any]) -> EnvStats:
     )
 
 
-def stats_table(result: FilterResult, *, title: str = "Trajectory filtering (AgentTuning section 2.1)") -> Any:
-    """The per-environment statistics as a rich Table (last row: all environments)."""
+def stats_table(result: FilterResult | Sequence[EnvStats | dict[str, Any]], *,
+                title: str = "Trajectory filtering (AgentTuning section 2.1)") -> Any:  # fmt: skip
+    """The per-environment statistics as a rich Table (last row: all environments); from a result, or its rows as
+    ``stats.json`` holds them (``envs``)."""
     from rich.table import Table
+
+    rows = result.rows if isinstance(result, FilterResult) else [r if isinstance(r, EnvStats) else EnvStats(**r)
+                                                                  for r in result]  # fmt: skip
 
     table = Table(title=title)
     for col in ("env", "total", "kept", "kept %", "mean turns", "mean tokens", "dropped"):
         table.add_column(col, justify="left" if col in ("env", "dropped") else "right")
-    for i, r in enumerate(result.rows):
+    for i, r in enumerate(rows):
         why = ", ".join(f"{k} {v}" for k, v in r.dropped.items())
         nums = (str(r.total), str(r.kept), f"{r.kept_pct:.1f}", f"{r.mean_turns:.1f}", f"{r.mean_tokens:.0f}")
-        table.add_row(r.env, *nums, why, end_section=i == len(result.rows) - 2)  # a rule above the "all" row
+        table.add_row(r.env, *nums, why, end_section=i == len(rows) - 2)  # a rule above the "all" row
     return table
 
 

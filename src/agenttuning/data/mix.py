@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Literal
 
-from agenttuning.data.example import Example
 
 MixSource = Literal["agent", "general"]
 BLOCK = 4096  # draws per block of the source stream
@@ -134,11 +133,3 @@ class MixSampler:
         """The next ``n`` draws."""
         return [next(self) for _ in range(n)]
 
-
-def premix(
-    agent: Sequence[Example], general: Sequence[Example], eta: float = 0.2, n: int | None = None, seed: int = 0
-) -> list[Example]:
-    """A static mixed dataset: the first ``n`` draws of :class:`MixSampler` (``n`` defaults to one epoch)."""
-    n = epoch_length(len(agent), len(general), eta) if n is None else n
-    data = {"agent": agent, "general": general}
-    return [data[src][i] for src, i in MixSampler(len(agent), len(general), eta, seed).take(n)]

@@ -40,9 +40,10 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from agenttuning.data.example import Example
 from agenttuning.eval.harness import run_lm_eval, write_task_dir
@@ -67,9 +68,14 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class GeneralEvalResult:
-    """Loss / perplexity on trained tokens and the exact-match rate of a held-out general slice."""
+class GeneralEvalResult(BaseModel):
+    """Loss / perplexity on trained tokens and the exact-match rate of a held-out general slice.
+
+    Written by :func:`save_general_result` and read back with ``GeneralEvalResult.model_validate_json`` (the
+    report does); ``loss`` may be NaN and ``perplexity`` infinite, written as JSON's ``NaN`` / ``Infinity``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     loss: float  # mean cross-entropy per trained token (nats)
     perplexity: float  # exp(loss)
@@ -80,13 +86,11 @@ class GeneralEvalResult:
     em_scored: int = 0  # examples scored for exact match (n - em_skipped)
     em_skipped: int = 0  # prompts with no room to generate within the context
     em_tokens: int = 16  # K of the exact-match key
-    details: list[dict[str, Any]] = field(default_factory=list, repr=False)  # per example: id, loss, match, keys
+    details: list[dict[str, Any]] = Field(default_factory=list, repr=False)  # per example: id, loss, match, keys
 
     def to_dict(self, details: bool = False) -> dict[str, Any]:
-        d = asdict(self)
-        if not details:
-            d.pop("details")
-        return d
+        """The fields as a dict (``details`` only when asked for): what :func:`save_general_result` writes."""
+        return self.model_dump(exclude=None if details else {"details"})
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -101,27 +105,18 @@ def held_out_general(n: int = 64, *, seed: int = 0, root: Path | None = None) ->
     return items[-n:] if n > 0 else []
 
 
-def load_general_examples(path: str | os.PathLike[str]) -> list[Example]:
-    """Examples from a file: Example JSONL (``write_examples``), ShareGPT or OpenAI-messages, told by the first record.
+def load_general_examples(source: str | os.PathLike[str]) -> list[Example]:
+    """The examples of a file, folder or Hugging Face dataset id, in any layout the reader knows (Example JSONL,
+    ShareGPT, OpenAI messages, ...: :func:`~agenttuning.data.reader.read_data`); ValueError when there is none.
 
-    Errors are :class:`~agenttuning.jsonl.RecordError` naming ``file:line`` (ValueError when there is no record).
+    Errors are :class:`~agenttuning.jsonl.RecordError` naming ``file:line``.
     """
-    from agenttuning.data.formats import read_examples, read_openai, read_sharegpt
-    from agenttuning.data.rows import first_row, located
+    from agenttuning.data.reader import read_data
 
-    first = first_row(path)
-    if first is None:
-        raise ValueError(f"{path}: no records")
-    f, line, where, row = first
-    if not isinstance(row, dict):
-        raise located(f, line, where, f"expected a JSON object, got {type(row).__name__}")
-    if "turns" in row:
-        return read_examples(path)
-    if "messages" in row:
-        return read_openai(path).examples
-    if "conversations" in row:
-        return read_sharegpt(path).examples
-    raise located(f, line, where, "the record has none of 'turns', 'messages', 'conversations'")
+    examples = read_data(source).examples
+    if not examples:
+        raise ValueError(f"{source}: no examples")
+    return examples
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -248,7 +243,7 @@ def evaluate_general(
         model: a hub id or local folder, a ``.gguf`` file or model alias (converted once: :mod:`agenttuning.models`),
             or an in-memory causal LM (then pass ``tokenizer``).
         tokenizer: id/folder or object; default: the model's. It must have a chat template.
-        examples: Examples, a file of them (Example JSONL, ShareGPT or OpenAI messages), or None for
+        examples: Examples, a file, folder or dataset id of them (:func:`load_general_examples`), or None for
             ``held_out_general(n, seed=seed)``; a given list or file is used whole.
         batch_size: conversations per forward pass and prompts per ``generate``.
         em_tokens: K of the exact-match key.

@@ -3,7 +3,6 @@
 from agenttuning.pipeline.config import (
     PipelineConfig,
     PipelineConfigError,
-    apply_pipeline_overrides,
     load_pipeline_config,
 )
 from agenttuning.pipeline.run import PipelineRun, plan, run_pipeline, run_sweep
@@ -12,7 +11,6 @@ __all__ = [
     "PipelineConfig",
     "PipelineConfigError",
     "PipelineRun",
-    "apply_pipeline_overrides",
     "load_pipeline_config",
     "plan",
     "run_pipeline",

@@ -3,7 +3,7 @@
 A stage's **key** hashes its name, its code version, its settings, and the keys of the stages it reads (so a change
 anywhere upstream changes every key below it), plus the content of any outside file it reads. Its output lives in
 ``<out>/stages/<name>-<key[:12]>/`` and counts as complete only once ``manifest.json`` is written there, last and
-atomically — a killed stage leaves no manifest, and the next run picks the same folder up again (stages that can
+atomically, by the one manifest writer (:mod:`agenttuning.stages.manifest`) with the key in it — a killed stage leaves no manifest, and the next run picks the same folder up again (stages that can
 resume, like rollout and training, continue where they stopped; the others start over).
 
 >>> a = stage_key("mix", {"eta": 0.2}, {"prepare": "k1"})
@@ -16,16 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agenttuning.jsonl import write_text_atomic
+from agenttuning.stages.manifest import MANIFEST, Manifest, read_stage_manifest, write_stage_manifest
 
 __all__ = ["MANIFEST", "StageDir", "file_digest", "stage_key"]
 
-MANIFEST = "manifest.json"
 KEY_LENGTH = 12
 
 
@@ -71,13 +69,10 @@ class StageDir:
     def complete(self) -> bool:
         """True when the manifest exists and names this key (a folder-name collision is not a hit)."""
         m = self.manifest()
-        return m is not None and m.get("key") == self.key
+        return m is not None and m.key == self.key
 
-    def manifest(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+    def manifest(self) -> Manifest | None:
+        return read_stage_manifest(self.path)
 
     def prepare(self, *, keep_partial: bool) -> None:
         """Make the folder ready to (re)run: resumable stages keep partial output, the others start empty."""
@@ -85,12 +80,7 @@ class StageDir:
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
 
-    def finish(self, *, settings: dict[str, Any], inputs: dict[str, str], outputs: dict[str, Any],
-               seconds: float) -> dict[str, Any]:  # fmt: skip
-        """Write the manifest last (atomic rename): from here on the stage counts as done."""
-        manifest = {
-            "stage": self.name, "key": self.key, "settings": settings, "inputs": inputs, "outputs": outputs,
-            "seconds": round(seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }  # fmt: skip
-        write_text_atomic(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-        return manifest
+    def finish(self, *, settings: dict[str, Any], inputs: dict[str, str], result: Any, seconds: float) -> Manifest:
+        """Write the manifest last, with this stage's key (the one writer): from here on the stage counts as done."""
+        return write_stage_manifest(self.path, stage=self.name, key=self.key, config=settings, inputs=inputs,
+                              result=result, seconds=seconds)  # fmt: skip

@@ -1,4 +1,4 @@
-"""The pipeline's config: one small pydantic model per stage, YAML in, dotted ``key=value`` overrides.
+"""The pipeline's config: one section per stage, each the stage's own pydantic config, read by the one loader.
 
 A config names *what* to build; where each stage's output lives is decided by its content key
 (:mod:`agenttuning.pipeline.cache`), so two configs that agree on a stage's inputs and settings share its output.
@@ -10,27 +10,33 @@ train fields (a valid TrainConfig), the model and tokenizer (a local path must e
 ``.gguf`` file; an alias must be installed; a scratch preset must exist), the teacher policy spec and the policy
 options, the environments, the general data source, and the eta values of the sweep.
 
+>>> from agenttuning.config import override
 >>> cfg = PipelineConfig.model_validate({"teacher": {"envs": ["db"]}})
->>> apply_pipeline_overrides(cfg, ["mix.eta=0.5", "teacher.n=10"]).mix.eta
+>>> override(cfg, ["mix.eta=0.5", "teacher.n=10"]).mix.eta
 0.5
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agenttuning.config import ConfigError, load
+from agenttuning.stages.decontaminate import DecontaminateConfig
+from agenttuning.stages.filter import FilterConfig
+from agenttuning.stages.mix import MixConfig
+from agenttuning.stages.prepare import PrepareConfig
+from agenttuning.train.config import TrainConfig
 
 __all__ = [
     "DEFAULT_CONFIG",
     "EMBEDDED_CONFIGS",
     "PipelineConfig",
-    "apply_pipeline_overrides",
+    "PipelineConfigError",
     "load_pipeline_config",
 ]
 
@@ -57,21 +63,12 @@ class TeacherConfig(_Section):
     max_turns: int | None = Field(None, ge=1, description="None: each environment's own budget.")
 
 
-class FilterConfig(_Section):
-    """Stage 2: reward filtering (the paper keeps only trajectories with reward >= 1) and decontamination."""
-
-    enabled: bool = Field(True, description="False keeps every trajectory (the paper's 'unfiltered' ablation).")
-    min_reward: float = 1.0
-    require_success: bool = False
-    max_tokens: int | None = Field(None, ge=1, description="Drop longer conversations (approximate tokens).")
-    decontaminate: bool = Field(True, description="Drop duplicates and anything overlapping a test instruction.")
-
-
 class GeneralConfig(_Section):
     """General chat data for the hybrid mixture (the paper's ShareGPT)."""
 
-    source: str = Field("stdlib", description="'stdlib' (Python's own docstrings as Q/A, offline) or a path to "
-                        "ShareGPT / OpenAI-messages / Example JSONL.")  # fmt: skip
+    source: str = Field("stdlib", description="'stdlib' (Python's own docstrings as Q/A, offline), a file or "
+                        "folder in any layout the reader knows (ShareGPT, OpenAI messages, ...), or a Hugging Face "
+                        "dataset id (online, or cached with HF_HUB_OFFLINE=1).")  # fmt: skip
     n: int | None = Field(None, ge=1, description="General examples to use for training (None: all).")
     held_out: int = Field(64, ge=0, description="Examples kept out of training for the general evaluation "
                           "(stdlib: the tail of its seeded order; a file: its last records).")  # fmt: skip
@@ -89,13 +86,6 @@ class ModelConfig(_Section):
     max_position_embeddings: int = Field(2048, ge=64, description="scratch: the model's context length.")
     seed: int = 0
     overrides: dict[str, Any] = Field(default_factory=dict, description="scratch: LlamaConfig fields.")
-
-
-class MixConfig(_Section):
-    """The eta-mixture of agent and general data (AgentTuning §2.2; paper: eta = 0.2)."""
-
-    eta: float = Field(0.2, ge=0.0, le=1.0)
-    seed: int = 0
 
 
 class EvalConfig(_Section):
@@ -122,62 +112,74 @@ class ReportConfig(_Section):
     viewer_per_env: int = Field(40, ge=1, description="Trajectories per (model, environment) in the viewer.")
 
 
+#: train fields the pipeline sets, and where they come from instead
+SET_BY_PIPELINE = {"model": "model.name", "tokenizer": "model.tokenizer", "agent_data": "the prepare stage",
+                   "general_data": "the prepare stage", "eta": "mix.eta", "max_len": "prepare.max_len",
+                   "length_policy": "prepare.length_policy", "output_dir": "out", "resume": "the stage cache"}
+
+
 class PipelineConfig(_Section):
     """Everything ``agenttuning pipeline`` needs. ``out`` holds ``stages/`` (content-addressed) and the run's links."""
 
     name: str = "agenttuning"
     out: str = "runs/pipeline"
     teacher: TeacherConfig = TeacherConfig()
-    filter: FilterConfig = FilterConfig()
+    filter: FilterConfig = Field(default_factory=lambda: FilterConfig(min_reward=1.0),
+                                 description="The filter stage (agenttuning.stages.filter).")
+    decontaminate: DecontaminateConfig = DecontaminateConfig()
     general: GeneralConfig = GeneralConfig()
     model: ModelConfig = ModelConfig()
+    prepare: PrepareConfig = Field(default_factory=lambda: PrepareConfig(pack=False), description="The prepare "
+                                   "stage, run once per source; pack must stay false (the trainer packs).")  # fmt: skip
     mix: MixConfig = MixConfig()
-    train: dict[str, Any] = Field(default_factory=lambda: {"epochs": 1.0}, description="TrainConfig fields "
-                                  "(agenttuning.train.config); model, data paths, eta and output_dir are set by the "
-                                  "pipeline. Given, it replaces this default whole.")  # fmt: skip
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1.0), description="The trainer's "
+                               "settings (agenttuning.train.config) but those in SET_BY_PIPELINE. Given, it replaces "
+                               "this default whole.")  # fmt: skip
     eval: EvalConfig = EvalConfig()
     sweep: SweepConfig = SweepConfig()
     report: ReportConfig = ReportConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _train_fields_the_pipeline_sets(cls, data: Any) -> Any:
+        """Before the train section is validated: a field the pipeline sets is an error naming where it comes from."""
+        train = data.get("train") if isinstance(data, dict) else None
+        for key in SET_BY_PIPELINE:
+            if isinstance(train, dict) and key in train:
+                raise ValueError(f"train.{key} is set by the pipeline (use {SET_BY_PIPELINE[key]})")
+        return data
 
-_SET_BY_PIPELINE = ("model", "tokenizer", "agent_data", "general_data", "eta", "output_dir", "resume")
 
-
-class PipelineConfigError(ValueError):
+class PipelineConfigError(ConfigError):
     """A config that cannot be used; the message names the file and the key."""
 
 
-def _check_train(train: dict[str, Any], where: str) -> None:
-    """Fail at load time, not minutes later at the train stage: the fields must make a valid TrainConfig."""
-    from agenttuning.train.config import ConfigError, TrainConfig, apply_train_overrides
-
-    for key in train:
-        if key in _SET_BY_PIPELINE:
-            raise PipelineConfigError(f"{where}: train.{key} is set by the pipeline (use model.*, mix.eta or out)")
-        if key not in TrainConfig.model_fields:
-            raise PipelineConfigError(f"{where}: unknown train key {key!r}")
-    try:  # placeholders for what the pipeline fills in
-        apply_train_overrides({**train, "model": "m", "agent_data": "a", "general_data": "g"})
-    except ConfigError as e:
-        raise PipelineConfigError(f"{where}: train: {str(e).removeprefix('config: ')}") from None
+def _check_train(cfg: PipelineConfig, where: str) -> None:
+    if cfg.prepare.pack:
+        raise PipelineConfigError(f"{where}: prepare.pack must be false in the pipeline: the trainer draws the "
+                                  "eta-mixture and packs its own rows")  # fmt: skip
 
 
-def _validate(data: dict[str, Any], where: str) -> PipelineConfig:
-    try:
-        cfg = PipelineConfig.model_validate(data)
-    except ValidationError as e:
-        msgs = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise PipelineConfigError(f"{where}: " + "; ".join(msgs)) from None
-    _check_train(cfg.train, where)
+def check_pipeline_config(cfg: PipelineConfig, where: str) -> PipelineConfig:
+    """What pydantic cannot check, at load time: the fields the pipeline sets, the model, the policies, the
+    environments, the general data, the output folder (PipelineConfigError naming ``where`` and the key)."""
+    _check_train(cfg, where)
     _check_model(cfg.model, where)
     _check_policies(cfg, where)
     _check_envs(cfg, where)
-    if cfg.general.source != "stdlib" and not Path(cfg.general.source).expanduser().exists():
-        raise PipelineConfigError(f"{where}: general.source: no such file or folder {cfg.general.source!r} "
-                                  "(or 'stdlib')")  # fmt: skip
+    source = cfg.general.source
+    if source != "stdlib" and not Path(source).expanduser().exists() and not _hub_dataset(source):
+        raise PipelineConfigError(f"{where}: general.source: no such file or folder {source!r} "
+                                  "(or 'stdlib', or a Hugging Face dataset id)")  # fmt: skip
     if not cfg.out.strip() or Path(cfg.out).is_file():
         raise PipelineConfigError(f"{where}: out: {cfg.out!r} is not a folder path")
     return cfg
+
+
+def _hub_dataset(source: str) -> bool:
+    from agenttuning.data.reader import looks_like_hub_id
+
+    return source.startswith("hf:") or (looks_like_hub_id(source) and not looks_local(source))
 
 
 def looks_local(spec: str) -> bool:
@@ -216,48 +218,29 @@ def check_model_path(spec: str, key: str, *, model: bool = True) -> None:
 
 def _check_policies(cfg: PipelineConfig, where: str) -> None:
     """The teacher's spec parses and its options and the evaluation's (``hf:`` policies) are known parameters."""
-    spec = cfg.teacher.policy
-    kind, sep, arg = spec.partition(":")
-    bad = None
-    if kind in ("openai", "hf") and not arg:
-        bad = f"{kind!r} needs a model: '{kind}:MODEL'"
-    elif kind in ("expert", "wrong", "random") and sep:
-        bad = f"{kind!r} takes no argument"
-    elif kind == "noisy":
+    from agenttuning.policies.specs import HFSpec, PolicySpecError, parse_policy_spec
+
+    try:
+        spec = parse_policy_spec(cfg.teacher.policy)
+    except PolicySpecError as e:
+        raise PipelineConfigError(f"{where}: teacher.policy: {e}") from None
+    if isinstance(spec, HFSpec):
         try:
-            p = float(arg)
-        except ValueError:
-            p = -1.0
-        if not 0.0 <= p <= 1.0:
-            bad = "'noisy:P' needs a probability P in [0, 1], e.g. noisy:0.3"
-    elif kind not in ("openai", "hf", "expert", "wrong", "random"):
-        bad = "use openai:MODEL, hf:PATH_OR_ID, expert, wrong, noisy:P or random"
-    if bad:
-        raise PipelineConfigError(f"{where}: teacher.policy: {spec!r}: {bad}")
-    if kind == "hf":
-        try:
-            check_model_path(arg, "teacher.policy")
+            check_model_path(spec.model, "teacher.policy")
         except PipelineConfigError as e:
             raise PipelineConfigError(f"{where}: {e}") from None
-    _check_options(kind, cfg.teacher.policy_options, "teacher.policy_options", where)
+    _check_options(spec.kind, cfg.teacher.policy_options, "teacher.policy_options", where)
     _check_options("hf", cfg.eval.policy_options, "eval.policy_options", where)  # the models are evaluated as hf:
 
 
 def _check_options(kind: str, options: dict[str, Any], key: str, where: str) -> None:
     """Option names must be parameters of the policy's constructor (a typo would fail only at the stage)."""
-    if not options:
-        return
-    known: set[str] = {"seed"}  # the environments' own policies (expert, wrong, noisy, random) take a seed only
-    if kind in ("openai", "hf"):
-        if kind == "openai":
-            from agenttuning.policies.openai import OpenAIPolicy as policy_class
-        else:
-            from agenttuning.policies.hf import HFPolicy as policy_class  # type: ignore[assignment]
-        known = set(inspect.signature(policy_class.__init__).parameters) - {"self", "model"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise PipelineConfigError(f"{where}: {key}: unknown option(s) {', '.join(map(repr, unknown))} for a {kind} "
-                                  f"policy (known: {', '.join(sorted(known))})")  # fmt: skip
+    from agenttuning.policies.specs import check_policy_options
+
+    try:
+        check_policy_options(kind, options)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise PipelineConfigError(f"{where}: {key}: {e}") from None
 
 
 def _check_envs(cfg: PipelineConfig, where: str) -> None:
@@ -308,29 +291,6 @@ def _check_overrides(overrides: dict[str, Any], where: str) -> None:
                                   f"{', '.join(map(repr, unknown))}")  # fmt: skip
 
 
-def _parse(raw: str) -> Any:
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    return value
-
-
-def apply_pipeline_overrides(config: PipelineConfig, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """``section.key=value`` (YAML value) overrides, e.g. ``mix.eta=0.5``, ``train.max_steps=20``, ``out=runs/x``."""
-    data = config.model_dump()
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise PipelineConfigError(f"override {item!r}: expected KEY=VALUE (e.g. mix.eta=0.5)")
-        node = data
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            child = node.get(p)
-            if not isinstance(child, dict):
-                raise PipelineConfigError(f"override {item!r}: {p!r} is not a config section")
-            node = child
-        node[leaf] = _parse(raw)
-    return _validate(data, "overrides")
-
-
 def default_config_text(name: str = DEFAULT_CONFIG) -> str:
     """An embedded config's YAML text (:data:`EMBEDDED_CONFIGS`; the default when no name is given)."""
     return resources.files("agenttuning.pipeline").joinpath(EMBEDDED_CONFIGS[name]).read_text(encoding="utf-8")
@@ -339,22 +299,21 @@ def default_config_text(name: str = DEFAULT_CONFIG) -> str:
 def load_pipeline_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()
                          ) -> PipelineConfig:  # fmt: skip
     """Read a pipeline YAML (None or ``"default"``: the embedded default; ``"scratch"``: the embedded smoke run)
-    and apply overrides. A file of that name in the working directory wins over an embedded config."""
+    with the one loader (:func:`agenttuning.config.load`), apply ``section.key=value`` overrides, and check it
+    (:func:`check_pipeline_config`). A file of that name in the working directory wins over an embedded config."""
     name = DEFAULT_CONFIG if path is None else str(path)
-    if name in EMBEDDED_CONFIGS and not Path(name).is_file():
-        where, text = f"{EMBEDDED_CONFIGS[name]} (embedded)", default_config_text(name)
-    else:
-        p = Path(path)  # type: ignore[arg-type]
-        where = str(p)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            names = ", ".join(EMBEDDED_CONFIGS)
-            raise PipelineConfigError(f"{p}: no such config file (embedded configs: {names})") from None
     try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise PipelineConfigError(f"{where}: invalid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise PipelineConfigError(f"{where}: expected a mapping of config sections")
-    return apply_pipeline_overrides(_validate(data, where), overrides)
+        if name in EMBEDDED_CONFIGS and not Path(name).is_file():
+            where = f"{EMBEDDED_CONFIGS[name]} (embedded)"
+            cfg = load(PipelineConfig, None, overrides, text=default_config_text(name), where=where)
+        else:
+            where = name
+            if not Path(name).is_file():
+                names = ", ".join(EMBEDDED_CONFIGS)
+                raise PipelineConfigError(f"{name}: no such config file (embedded configs: {names})")
+            cfg = load(PipelineConfig, name, overrides)
+    except PipelineConfigError:
+        raise
+    except ConfigError as e:
+        raise PipelineConfigError(str(e)) from None
+    return check_pipeline_config(cfg, "overrides" if overrides else where)

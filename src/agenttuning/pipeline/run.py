@@ -27,7 +27,9 @@ from rich.table import Table
 
 from agenttuning.jsonl import locked, write_text_atomic
 from agenttuning.pipeline.cache import StageDir, stage_key
-from agenttuning.pipeline.config import PipelineConfig, apply_pipeline_overrides
+from agenttuning.config import override
+from agenttuning.pipeline.config import PipelineConfig
+from agenttuning.stages.manifest import Manifest
 from agenttuning.pipeline.stages import STAGES, Stage, StageContext, StageRecord
 
 __all__ = ["PipelineRun", "PlannedStage", "plan", "run_pipeline", "run_sweep", "sweep_variants"]
@@ -90,8 +92,10 @@ def plan(config: PipelineConfig) -> list[PlannedStage]:
     return out
 
 
-def _record(sd: StageDir, status: str, manifest: dict[str, Any]) -> StageRecord:
-    return StageRecord(sd.name, sd.key, sd.path, manifest["outputs"], status, float(manifest.get("seconds", 0.0)))
+def _record(sd: StageDir, status: str, manifest: Manifest | None) -> StageRecord:
+    if manifest is None:
+        return StageRecord(sd.name, sd.key, sd.path, {}, status, 0.0)
+    return StageRecord(sd.name, sd.key, sd.path, manifest.result, status, manifest.seconds)
 
 
 def _run_stage(p: PlannedStage, config: PipelineConfig, records: dict[str, StageRecord], console: Console,
@@ -105,9 +109,9 @@ def _run_stage(p: PlannedStage, config: PipelineConfig, records: dict[str, Stage
     sd.prepare(keep_partial=p.stage.resumable)
     t0 = time.perf_counter()
     ctx = StageContext(config, sd.path, {k: records[k] for k in p.inputs}, console=console, progress=progress)
-    outputs = p.stage.run(ctx)
+    result = p.stage.run(ctx)
     seconds = time.perf_counter() - t0
-    manifest = sd.finish(settings=p.stage.settings(config), inputs=p.inputs, outputs=outputs, seconds=seconds)
+    manifest = sd.finish(settings=p.stage.settings(config), inputs=p.inputs, result=result, seconds=seconds)
     console.print(f"[green]✓[/] {p.stage.name:<10} ran in {seconds:.1f} s", highlight=False)
     return _record(sd, "ran", manifest)
 
@@ -171,19 +175,19 @@ def report_inputs(run: PipelineRun) -> Any:
 
     def path(stage: str, output: str) -> Path | None:
         rec = r.get(stage)
-        return rec.dir / rec.outputs[output] if rec is not None and output in rec.outputs else None
+        return rec.dir / rec.result[output] if rec is not None and output in rec.result else None
 
     agent = {"base": path("eval-base", "results"), "tuned": path("eval-tuned", "results")}
     general = {k: v for k, v in (("base", path("eval-base", "general")), ("tuned", path("eval-tuned", "general")))
                if v is not None}  # fmt: skip
     rollout = r["rollout"]
-    train = r["train"].outputs
+    train = r["train"].result
     model_desc = cfg.model.name
     if cfg.model.name.startswith("scratch:"):
         model_desc += f" (Llama architecture, random init seed {cfg.model.seed}, trained from scratch here)"
     provenance = {
         "teacher": f"{cfg.teacher.policy} in {', '.join(cfg.teacher.envs)} ({cfg.teacher.split} split)",
-        "general data": r["general"].outputs.get("source", cfg.general.source),
+        "general data": r["general"].result.get("source", cfg.general.source),
         "model": model_desc,
         "tokenizer": (f"byte-level BPE, vocab {cfg.model.vocab_size}, trained on this run's trajectories and "
                       "general text" if "tokenizer" in r else str(cfg.model.tokenizer or cfg.model.name)),
@@ -198,10 +202,10 @@ def report_inputs(run: PipelineRun) -> Any:
         title=f"{cfg.name}: AgentTuning report",
         agent={k: v for k, v in agent.items() if v is not None},
         general=general,
-        data_stats=path("decontam", "stats"),
+        data_stats=path("decontaminate", "stats"),
         mix=path("mix", "metrics"),
         train_metrics=path("train", "metrics"),
-        teacher_trajectories=[rollout.dir / f for f in rollout.outputs["files"]],
+        teacher_trajectories=[rollout.dir / f for f in rollout.result["files"]],
         sweep=list(run.sweep),
         provenance=provenance,
         notes=_notes(run),
@@ -228,7 +232,7 @@ def _report(run: PipelineRun, console: Console) -> Path:
     sd = StageDir.at(run.config.out, "report", _report_key(run))
     if sd.complete():
         console.print(f"[green]✓[/] {'report':<10} [dim]cached  {sd.path}[/]", highlight=False)
-        run.records["report"] = _record(sd, "cached", sd.manifest() or {"outputs": {}})
+        run.records["report"] = _record(sd, "cached", sd.manifest())
         return sd.path
     console.rule(f"[bold]report[/] [dim]{sd.path}[/]")
     sd.prepare(keep_partial=False)
@@ -237,7 +241,7 @@ def _report(run: PipelineRun, console: Console) -> Path:
     outputs = {"markdown": "report.md", "html": "report.html", "viewer": "trajectories.html",
                "headline": getattr(paths, "headline", "")}  # fmt: skip
     manifest = sd.finish(settings={"sweep": len(run.sweep)}, inputs={n: r.key for n, r in run.records.items()},
-                         outputs=outputs, seconds=time.perf_counter() - t0)  # fmt: skip
+                         result=outputs, seconds=time.perf_counter() - t0)  # fmt: skip
     run.records["report"] = _record(sd, "ran", manifest)
     return sd.path
 
@@ -291,11 +295,11 @@ def sweep_variants(config: PipelineConfig) -> list[tuple[str, PipelineConfig, fl
     """``(label, config, eta, filtered)`` for each variant: every sweep eta (filtered), and unfiltered at ``mix.eta``."""
     variants = []
     for eta in dict.fromkeys([*config.sweep.eta]):
-        filtered = apply_pipeline_overrides(config, [f"mix.eta={eta}", "filter.enabled=true"])
+        filtered = override(config, [f"mix.eta={eta}", "filter.enabled=true"])
         variants.append((f"eta={eta:g}", filtered, eta, True))
     if config.sweep.unfiltered:
         eta = config.mix.eta
-        unfiltered = apply_pipeline_overrides(config, ["filter.enabled=false"])
+        unfiltered = override(config, ["filter.enabled=false"])
         variants.append((f"eta={eta:g} unfiltered", unfiltered, eta, False))
     return variants
 
@@ -313,8 +317,8 @@ def run_sweep(config: PipelineConfig, *, console: Console | None = None, progres
             console.rule(f"[bold magenta]sweep variant {label}[/]")
             run = run_pipeline(variant, console=console, progress=progress, report=False)
             tuned = run.records["eval-tuned"]
-            general = tuned.dir / tuned.outputs["general"] if "general" in tuned.outputs else None
+            general = tuned.dir / tuned.result["general"] if "general" in tuned.result else None
             points.append(SweepPoint(label=label, eta=eta, filtered=filtered,
-                                     agent=tuned.dir / tuned.outputs["results"], general=general))  # fmt: skip
+                                     agent=tuned.dir / tuned.result["results"], general=general))  # fmt: skip
         console.rule("[bold magenta]main run + report[/]")
         return run_pipeline(config, console=console, progress=progress, report=True, sweep=points)

@@ -1,14 +1,15 @@
-"""The pipeline's stages: each reads its inputs' folders, writes its own, and returns what its manifest records.
+"""The pipeline's stage table: for each stage, the stages it reads, what its key hashes, and the call that runs it.
 
-Every stage is a thin story over the library function that does the work (rollout engine, filter, decontamination,
-prepare, trainer, evaluators, report), so the pipeline and the single commands (`agenttuning rollout`, `filter`,
-`prepare`, `train`, `eval`) run the same code. Which settings each stage's key hashes is declared beside it in
-:data:`STAGES`; the runner (:mod:`agenttuning.pipeline.run`) decides what to skip.
+Each entry calls the same function as the command of the same name, with the config's section for that stage:
+``filter``, ``decontaminate``, ``prepare`` and ``mix`` call ``agenttuning.stages.<name>.run`` (so the command and
+the stage write byte-identical files from the same inputs; tested), ``rollout`` the engine's ``rollout``, ``train``
+the trainer's ``train``, the evaluations ``evaluate_agent`` and ``evaluate_general``. What is left here is only
+where each input comes from. The runner (:mod:`agenttuning.pipeline.run`) computes keys, skips what is done, and
+writes each manifest (:mod:`agenttuning.stages.manifest`) with the stage's result and key.
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 from collections.abc import Callable
@@ -18,21 +19,21 @@ from typing import Any
 
 from rich.console import Console
 
-from agenttuning.data.outputs import EmptyOutputError, counts
-from agenttuning.data.rows import write_json
+from agenttuning.data.outputs import EmptyOutputError
 from agenttuning.pipeline.config import PipelineConfig
+from agenttuning.stages.manifest import StageResult
 
 __all__ = ["STAGES", "Stage", "StageContext", "StageRecord"]
 
 
 @dataclass(frozen=True)
 class StageRecord:
-    """A finished stage as later stages see it: its folder and its manifest's ``outputs``."""
+    """A finished stage as later stages see it: its folder and its manifest's ``result``."""
 
     name: str
     key: str
     dir: Path
-    outputs: dict[str, Any]
+    result: dict[str, Any]
     status: str = "cached"  # "ran" or "cached"
     seconds: float = 0.0
 
@@ -46,9 +47,9 @@ class StageContext:
     progress: bool = True
 
     def path(self, stage: str, output: str) -> Path:
-        """An upstream stage's output file (a name in its manifest's outputs), as an absolute path."""
+        """An upstream stage's output file (a name in its manifest's result), as an absolute path."""
         rec = self.inputs[stage]
-        return rec.dir / rec.outputs[output]
+        return rec.dir / rec.result[output]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -86,7 +87,7 @@ def rollout_settings(cfg: PipelineConfig) -> dict[str, Any]:
 
 def run_rollout(ctx: StageContext) -> dict[str, Any]:
     """The teacher acts in every environment (resumable: a killed run continues its JSONL files)."""
-    from agenttuning.data.stages import read_trajectories
+    from agenttuning.stages.filter import read_trajectories
     from agenttuning.envs import base
     from agenttuning.jsonl import read_records
     from agenttuning.policies import make_policy
@@ -97,7 +98,7 @@ def run_rollout(ctx: StageContext) -> dict[str, Any]:
     t = ctx.config.teacher
     tasks_rec = ctx.inputs["tasks"]
     out: dict[str, Any] = {}
-    for env_id, info in tasks_rec.outputs["envs"].items():
+    for env_id, info in tasks_rec.result["envs"].items():
         d = base.get(env_id)
         tasks = list(read_records(tasks_rec.dir / info["file"], Task))
         policy = make_policy(t.policy, env=d, **t.policy_options)
@@ -114,62 +115,29 @@ def run_rollout(ctx: StageContext) -> dict[str, Any]:
 
 
 def filter_settings(cfg: PipelineConfig) -> dict[str, Any]:
-    f = cfg.filter
-    if not f.enabled:
-        return {"enabled": False, "max_tokens": f.max_tokens}
-    return {"enabled": True, "min_reward": f.min_reward, "require_success": f.require_success,
-            "max_tokens": f.max_tokens}  # fmt: skip
+    return cfg.filter.model_dump(mode="json")
 
 
-def run_filter(ctx: StageContext) -> dict[str, Any]:
-    """Reward filtering (§2.1): keep trajectories with reward >= min_reward; disabled, keep every one."""
-    from agenttuning.data.filter import filter_trajectories
-    from agenttuning.data.stages import read_trajectories
-    from agenttuning.jsonl import write_atomic
+def run_filter(ctx: StageContext) -> StageResult:
+    """Reward filtering (§2.1), :func:`agenttuning.stages.filter.run` over the teacher's trajectory files."""
+    from agenttuning.stages import filter as stage
 
-    f = ctx.config.filter
     rec = ctx.inputs["rollout"]
-    trajs = read_trajectories([rec.dir / name for name in rec.outputs["files"]])
-    result = filter_trajectories(trajs, min_reward=f.min_reward if f.enabled else float("-inf"),
-                                 require_success=f.require_success and f.enabled, max_tokens=f.max_tokens)  # fmt: skip
-    if not result.kept:  # a stage that produced nothing fails here with why, not later with a misleading error
-        raise EmptyOutputError(f"filter: no trajectory kept of {result.total.total} (dropped: "
-                               f"{counts(result.dropped)}); see teacher.* and filter.* in the config")  # fmt: skip
-    write_atomic(ctx.dir / "kept.jsonl", [t.model_dump(mode="json") for t in result.kept])
-    write_json(ctx.dir / "stats.json", result.to_json())
-    return {"kept": "kept.jsonl", "stats": "stats.json", "total": result.total.total, "n_kept": result.total.kept}
+    return stage.run(ctx.config.filter, [rec.dir / name for name in rec.result["files"]], ctx.dir)
 
 
-def decontam_settings(cfg: PipelineConfig) -> dict[str, Any]:
+def decontaminate_settings(cfg: PipelineConfig) -> dict[str, Any]:
     from agenttuning.envs import base
 
-    test = [{"id": d.id, "prompt_hash": d.prompt_hash} for d in base.available()]
-    return {"enabled": cfg.filter.decontaminate, "against": test}
+    test = [{"id": d.id, "prompt_hash": d.prompt_hash} for d in base.available()]  # what it is checked against
+    return {**cfg.decontaminate.model_dump(mode="json"), "against": test}
 
 
-def run_decontam(ctx: StageContext) -> dict[str, Any]:
-    """Drop duplicates and trajectories overlapping any test task; write AgentInstruct records (one file)."""
-    from agenttuning.data.decontam import decontaminate
-    from agenttuning.data.example import from_trajectory
-    from agenttuning.data.formats import to_agentinstruct_record
-    from agenttuning.data.stages import read_trajectories
-    from agenttuning.jsonl import write_atomic
+def run_decontaminate(ctx: StageContext) -> StageResult:
+    """Drop duplicates and test overlap, write AgentInstruct: :func:`agenttuning.stages.decontaminate.run`."""
+    from agenttuning.stages import decontaminate as stage
 
-    kept = read_trajectories(ctx.path("filter", "kept"))
-    if ctx.config.filter.decontaminate:
-        clean = decontaminate(kept)
-        trajs, decontam = clean.kept, clean.to_json()
-        if not trajs:  # the filter stage already failed on none kept: only decontamination can empty it here
-            raise EmptyOutputError(f"decontam: every kept trajectory overlaps a test task or repeats one (dropped: "
-                                   f"{counts(clean.dropped)})")  # fmt: skip
-    else:
-        trajs, decontam = kept, {"enabled": False}
-    examples = [from_trajectory(t) for t in trajs]
-    write_atomic(ctx.dir / "agentinstruct.jsonl", [to_agentinstruct_record(ex) for ex in examples])
-    stats = json.loads(ctx.path("filter", "stats").read_text(encoding="utf-8"))
-    write_json(ctx.dir / "stats.json", {**stats, "decontam": decontam})
-    families = sorted({ex.family for ex in examples})
-    return {"agentinstruct": "agentinstruct.jsonl", "stats": "stats.json", "n": len(examples), "families": families}
+    return stage.run(ctx.config.decontaminate, [ctx.inputs["filter"].dir], ctx.dir)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -185,7 +153,9 @@ def general_settings(cfg: PipelineConfig) -> dict[str, Any]:
         src["python"] = platform.python_version()
         src["stdlib"] = sys.base_prefix
     else:
-        src["digest"] = file_digest(g.source)
+        local = Path(g.source.removeprefix("hf:")).expanduser()
+        # a local file or folder is addressed by its content; a Hub id by its name (pin a revision to be exact)
+        src["digest"] = file_digest(local) if local.exists() else None
     return {**src, "n": g.n, "held_out": g.held_out, "seed": g.seed}
 
 
@@ -194,14 +164,14 @@ def run_general(ctx: StageContext) -> dict[str, Any]:
     from agenttuning.data.decontam import decontaminate
     from agenttuning.data.formats import write_examples
     from agenttuning.data.general import stdlib_dir, stdlib_examples
-    from agenttuning.eval.general import load_general_examples
+    from agenttuning.data.reader import read_data
 
     g = ctx.config.general
     if g.source == "stdlib":
         items = stdlib_examples(seed=g.seed)
         where = f"Python {platform.python_version()} standard-library docstrings ({stdlib_dir()})"
     else:
-        items = load_general_examples(g.source)
+        items = read_data(g.source, source_kind="general").examples
         where = str(Path(g.source).resolve())
     held = items[len(items) - g.held_out:] if g.held_out else []
     train = items[: len(items) - g.held_out]
@@ -228,13 +198,13 @@ def tokenizer_settings(cfg: PipelineConfig) -> dict[str, Any]:
 def run_tokenizer(ctx: StageContext) -> dict[str, Any]:
     """Byte-level BPE trained on the teacher's trajectories and the general training text (scratch models)."""
     from agenttuning.data.example import from_trajectory
-    from agenttuning.data.formats import read_examples
-    from agenttuning.data.stages import read_trajectories
+    from agenttuning.data.reader import read_data
+    from agenttuning.stages.filter import read_trajectories
     from agenttuning.tokens.bpe import texts_of, train_bpe_tokenizer
 
     rec = ctx.inputs["rollout"]
-    agent = [from_trajectory(t) for t in read_trajectories([rec.dir / f for f in rec.outputs["files"]])]
-    general = read_examples(ctx.path("general", "train"))
+    agent = [from_trajectory(t) for t in read_trajectories([rec.dir / f for f in rec.result["files"]])]
+    general = read_data(ctx.path("general", "train"), layout="examples").examples
     path = train_bpe_tokenizer(texts_of(agent + general), ctx.dir / "tokenizer", vocab_size=ctx.config.model.vocab_size)
     return {"tokenizer": str(Path(path).relative_to(ctx.dir)), "texts": len(agent) + len(general)}
 
@@ -280,16 +250,16 @@ def run_model(ctx: StageContext) -> dict[str, Any]:
 
 def model_path(rec: StageRecord) -> str:
     """The base model as a loadable id or absolute path."""
-    return str(rec.dir / rec.outputs["model"]) if rec.outputs.get("local") else _converted(rec, "model")
+    return str(rec.dir / rec.result["model"]) if rec.result.get("local") else _converted(rec, "model")
 
 
 def tokenizer_path(rec: StageRecord) -> str:
-    return str(rec.dir / rec.outputs["tokenizer"]) if rec.outputs.get("local") else _converted(rec, "tokenizer")
+    return str(rec.dir / rec.result["tokenizer"]) if rec.result.get("local") else _converted(rec, "tokenizer")
 
 
 def _converted(rec: StageRecord, what: str) -> str:
     """A recorded model-cache folder, converted again from its GGUF if the cache was cleared since."""
-    path, spec = rec.outputs[what], rec.outputs.get("specs", {}).get(what)
+    path, spec = rec.result[what], rec.result.get("specs", {}).get(what)
     if spec is None or Path(path).is_dir():
         return path
     from agenttuning.models import resolve_model
@@ -301,84 +271,60 @@ def _converted(rec: StageRecord, what: str) -> str:
 # Hybrid instruction tuning: prepare -> mix -> train
 
 
-def _train_fields(cfg: PipelineConfig) -> dict[str, Any]:
-    return dict(cfg.train)
-
-
 def prepare_settings(cfg: PipelineConfig) -> dict[str, Any]:
-    t = _train_fields(cfg)
-    return {"max_len": t.get("max_len", 4096), "length_policy": t.get("length_policy", "truncate_turns"),
-            "chat_template": t.get("chat_template")}  # fmt: skip
+    return cfg.prepare.model_dump(mode="json")
 
 
 def run_prepare(ctx: StageContext) -> dict[str, Any]:
-    """Render both sources with the model's chat template into ids and loss labels (the expensive, eta-free part)."""
-    from agenttuning.tokens.prepare import load_tokenizer_by_name, prepare
+    """Render both sources with the model's chat template into ids and loss labels (the expensive, eta-free part):
+    :func:`agenttuning.stages.prepare.run` once per source, into ``agent/`` and ``general/``."""
+    from agenttuning.stages import prepare as stage
+    from agenttuning.tokens.prepare import load_tokenizer_by_name
 
-    s = prepare_settings(ctx.config)
     tok = load_tokenizer_by_name(tokenizer_path(ctx.inputs["model"]))
     out: dict[str, Any] = {}
-    for name, src in (("agent", ctx.path("decontam", "agentinstruct")), ("general", ctx.path("general", "train"))):
-        try:  # no rows for a source: the stage fails (no manifest) with why, instead of mix failing on the empty file
-            r = prepare(src, tok, ctx.dir / name, max_len=s["max_len"], packed=False, policy=s["length_policy"],
-                        template=s["chat_template"], fmt="parquet")  # fmt: skip
-        except EmptyOutputError as e:
-            raise EmptyOutputError(f"prepare ({name} data): {e} (config: train.max_len, train.length_policy, "
-                                   "train.chat_template)") from None  # fmt: skip
+    for name, src in (("agent", ctx.inputs["decontaminate"].dir), ("general", ctx.path("general", "train"))):
+        try:
+            result = stage.run(ctx.config.prepare, [src], tok, ctx.dir / name)
+        except EmptyOutputError as e:  # say which source, and which config keys decide
+            raise EmptyOutputError(f"prepare ({name} data): {e} (config: prepare.max_len, prepare.length_policy, "
+                                   "prepare.chat_template)") from None  # fmt: skip
         out[name] = name
-        out[f"{name}_stats"] = r.to_json()
+        out[f"{name}_stats"] = result.model_dump(mode="json")
     return out
 
 
 def mix_settings(cfg: PipelineConfig) -> dict[str, Any]:
-    return {"eta": cfg.mix.eta, "seed": cfg.mix.seed}
+    return cfg.mix.model_dump(mode="json")
 
 
-def run_mix(ctx: StageContext) -> dict[str, Any]:
-    """The eta-mixture: one epoch's composition (examples and tokens drawn from each source).
+def run_mix(ctx: StageContext) -> StageResult:
+    """What one epoch of the eta-mixture holds (the trainer draws it as it trains): :func:`agenttuning.stages.mix.run`."""
+    from agenttuning.stages import mix as stage
 
-    The trainer draws the mixture online with the same seeded :class:`~agenttuning.data.mix.MixSampler` that
-    ``agenttuning mix`` uses, so the prepared rows are shared by every eta (tokenising is the expensive part and does
-    not depend on eta); this stage is where eta enters, and records what one epoch of it holds.
-    """
-    from agenttuning.data.mix import MixSampler, epoch_length
-    from agenttuning.train.data import load_token_table
-
-    mix = ctx.config.mix
     prep = ctx.inputs["prepare"]
-    s = prepare_settings(ctx.config)
-    tables = {name: load_token_table(prep.dir / prep.outputs[name], max_len=s["max_len"], policy=s["length_policy"],
-                                  name=name)[0] for name in ("agent", "general")}  # fmt: skip
-    n_agent, n_general = len(tables["agent"]), len(tables["general"])
-    n = epoch_length(n_agent, n_general, mix.eta)
-    lengths = {name: tables[name].lengths for name in tables}
-    draws = {"agent": 0, "general": 0}
-    tokens = {"agent": 0, "general": 0}
-    for source, i in MixSampler(n_agent, n_general, mix.eta, mix.seed).take(n):
-        draws[source] += 1
-        tokens[source] += int(lengths[source][i])
-    total_tokens = sum(tokens.values()) or 1
-    metrics = {"eta": mix.eta, "seed": mix.seed, "n_agent": n_agent, "n_general": n_general, "n": n, "epoch_length": n,
-               "draws": draws, "tokens": tokens, "agent_share": round(draws["agent"] / n, 4) if n else 0.0,
-               "agent_token_share": round(tokens["agent"] / total_tokens, 4)}  # fmt: skip
-    write_json(ctx.dir / "metrics.json", {"stage": "mix", **metrics})
-    return {"metrics": "metrics.json", **metrics}
+    return stage.run(ctx.config.mix, prep.dir / prep.result["agent"], prep.dir / prep.result["general"], ctx.dir)
 
 
 def train_settings(cfg: PipelineConfig) -> dict[str, Any]:
-    return _train_fields(cfg)
+    return cfg.train.model_dump(mode="json")
 
 
 def train_config(ctx: StageContext) -> Any:
-    """The resolved :class:`~agenttuning.train.config.TrainConfig`: the config's train fields, the prepared data, eta."""
-    from agenttuning.train.config import apply_train_overrides
+    """The :class:`~agenttuning.train.config.TrainConfig` to run: the config's ``train`` section with the fields the
+    pipeline sets (``SET_BY_PIPELINE``) filled in: the model, the prepared data, eta, max_len, the stage folder."""
+    from agenttuning.train.config import TrainConfig
 
-    prep, model, eta = ctx.inputs["prepare"], ctx.inputs["model"], ctx.config.mix.eta
-    fields = {"seed": ctx.config.mix.seed, **_train_fields(ctx.config), "model": model_path(model),
-              "tokenizer": tokenizer_path(model), "eta": eta, "output_dir": str(ctx.dir / "run"), "resume": "auto",
-              "agent_data": str(prep.dir / prep.outputs["agent"]) if eta > 0 else None,
-              "general_data": str(prep.dir / prep.outputs["general"]) if eta < 1 else None}  # fmt: skip
-    return apply_train_overrides(fields)
+    cfg = ctx.config
+    prep, model, eta = ctx.inputs["prepare"], ctx.inputs["model"], cfg.mix.eta
+    fields = {**cfg.train.model_dump(), "model": model_path(model), "tokenizer": tokenizer_path(model), "eta": eta,
+              "max_len": cfg.prepare.max_len, "length_policy": cfg.prepare.length_policy,
+              "output_dir": str(ctx.dir / "run"), "resume": "auto",
+              "agent_data": str(prep.dir / prep.result["agent"]) if eta > 0 else None,
+              "general_data": str(prep.dir / prep.result["general"]) if eta < 1 else None}  # fmt: skip
+    if "seed" not in cfg.train.model_fields_set:
+        fields["seed"] = cfg.mix.seed
+    return TrainConfig.model_validate(fields).require_inputs("pipeline train stage")
 
 
 def run_train(ctx: StageContext) -> dict[str, Any]:
@@ -453,9 +399,9 @@ def _eval_general(ctx: StageContext, model: str) -> dict[str, Any]:
 
 
 def _heldout(ctx: StageContext) -> list[Any]:
-    from agenttuning.data.formats import read_examples
+    from agenttuning.data.reader import read_data
 
-    return read_examples(ctx.path("general", "heldout"))
+    return read_data(ctx.path("general", "heldout"), layout="examples").examples
 
 
 def run_eval_base(ctx: StageContext) -> dict[str, Any]:
@@ -467,7 +413,7 @@ def run_eval_base(ctx: StageContext) -> dict[str, Any]:
 def run_eval_tuned(ctx: StageContext) -> dict[str, Any]:
     """The tuned model: agent evaluation, then the general check."""
     rec = ctx.inputs["train"]
-    model = str(rec.dir / rec.outputs["model"])
+    model = str(rec.dir / rec.result["model"])
     return {**_eval_agent(ctx, model), **_eval_general(ctx, model)}
 
 
@@ -482,7 +428,7 @@ class Stage:
     name: str
     inputs: tuple[str, ...]
     settings: Callable[[PipelineConfig], dict[str, Any]]
-    run: Callable[[StageContext], dict[str, Any]]
+    run: Callable[[StageContext], StageResult | dict[str, Any]]
     resumable: bool = False
     version: int = 1
     when: Callable[[PipelineConfig], bool] = lambda cfg: True
@@ -492,11 +438,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("tasks", (), tasks_settings, run_tasks),
     Stage("rollout", ("tasks",), rollout_settings, run_rollout, resumable=True),
     Stage("filter", ("rollout",), filter_settings, run_filter),
-    Stage("decontam", ("filter",), decontam_settings, run_decontam),
+    Stage("decontaminate", ("filter",), decontaminate_settings, run_decontaminate),
     Stage("general", (), general_settings, run_general),
     Stage("tokenizer", ("rollout", "general"), tokenizer_settings, run_tokenizer, when=is_scratch),
     Stage("model", ("tokenizer",), model_settings, run_model),
-    Stage("prepare", ("decontam", "general", "model"), prepare_settings, run_prepare),
+    Stage("prepare", ("decontaminate", "general", "model"), prepare_settings, run_prepare),
     Stage("mix", ("prepare", "model"), mix_settings, run_mix),
     Stage("train", ("mix", "prepare", "model"), train_settings, run_train, resumable=True),
     Stage("eval-base", ("model", "general"), eval_settings, run_eval_base, resumable=True),

@@ -166,13 +166,12 @@ def settings_line(stats: Mapping[str, Any]) -> str | None:
 
 
 def mix_table(mix: Mapping[str, Any]) -> Table:
-    labels = (("eta", "eta (agent share asked)"), ("agent_share", "agent share realised"), ("n_agent",
-              "agent examples"), ("n_general", "general examples (after decontamination)"), ("n", "mixture size"),
+    """One epoch of the eta-mixture as the mix stage describes it (``metrics.json``)."""
+    labels = (("eta", "eta (agent share asked)"), ("agent_share", "agent share realised"),
+              ("agent_token_share", "agent share of the tokens"), ("n_agent", "agent examples (prepared)"),
+              ("n_general", "general examples (prepared)"), ("n", "draws described"),
               ("epoch_length", "epoch length (draws)"), ("seed", "seed"))  # fmt: skip
     rows = [[label, f"{mix[k]:g}" if isinstance(mix[k], float) else str(mix[k])] for k, label in labels if k in mix]
-    dropped = mix.get("general_dropped") or {}
-    if dropped:
-        rows.append(["general examples dropped", ", ".join(f"{k} {v}" for k, v in sorted(dropped.items()))])
     return Table(["mixture", "value"], rows, align="lr")
 
 

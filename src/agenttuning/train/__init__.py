@@ -6,10 +6,9 @@
 See ``docs/train.md`` and :mod:`agenttuning.train.trainer`.
 """
 
-from agenttuning.train.config import ConfigError, TrainConfig, apply_train_overrides, load_config, save_config
+from agenttuning.train.config import ConfigError, TrainConfig, load_config, save_config
 
-__all__ = ["ConfigError", "StepEvent", "TrainConfig", "TrainResult", "apply_train_overrides", "load_config",
-           "save_config", "train"]
+__all__ = ["ConfigError", "StepEvent", "TrainConfig", "TrainResult", "load_config", "save_config", "train"]
 
 
 def __getattr__(name: str):  # the trainer imports torch: load it only when asked for

@@ -2,14 +2,15 @@
 
 Every knob of stage 2, hybrid instruction tuning (AgentTuning §2.2 and the training setup of §3.1), is a field of
 :class:`TrainConfig`; nothing hides in a nested object. :func:`load_config` reads a YAML preset (``configs/``) and
-applies ``key=value`` overrides, each value parsed as YAML (``lr=1e-5``, ``pack=false``, ``max_steps=null``,
+applies ``key=value`` overrides (through the one loader, :mod:`agenttuning.config`), each value parsed as YAML (``lr=1e-5``, ``pack=false``, ``max_steps=null``,
 ``lora_target_modules=[q_proj,v_proj]``) and then type-checked by pydantic, so a typo in a key or a value is an
 error naming the key. :func:`save_config` writes the resolved config as YAML beside the checkpoints and the final
 model, so every artifact says how it was made.
 
     >>> cfg = TrainConfig(model="m", agent_data="a.parquet", general_data="g.parquet", output_dir="out",
     ...                   max_steps=10)
-    >>> apply_train_overrides(cfg, ["lr=1e-5", "pack=false", "lora_target_modules=[q_proj,v_proj]"]).lr
+    >>> from agenttuning.config import override
+    >>> override(cfg, ["lr=1e-5", "pack=false", "lora_target_modules=[q_proj,v_proj]"]).lr
     1e-05
 
 Batch and length of training — what the fields mean:
@@ -28,16 +29,13 @@ Batch and length of training — what the fields mean:
 
 from __future__ import annotations
 
-import difflib
 import os
-import types
-import typing
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agenttuning.config import ConfigError, load
 from agenttuning.jsonl import write_text_atomic
 
 Method = Literal["full", "lora", "qlora"]
@@ -46,17 +44,14 @@ ReportTo = Literal["none", "tensorboard", "wandb"]
 LossImpl = Literal["auto", "fused", "checkpoint", "full"]
 
 
-class ConfigError(ValueError):
-    """A config that cannot be used: unknown key, bad value, or an inconsistent combination."""
-
-
 class TrainConfig(BaseModel):
     """Hybrid instruction tuning of any Hugging Face causal LM (AgentTuning §2.2, §3.1). Fields are flat."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # --- model -------------------------------------------------------------------------------------------------
-    model: str = Field(description="HF hub id or local path of the causal LM to tune.")
+    model: str | None = Field(None, description="HF hub id or local path of the causal LM to tune (required to "
+                              "train; the pipeline sets it).")  # fmt: skip
     tokenizer: str | None = Field(None, description="Tokenizer id/path; default: the model's.")
     chat_template: str | None = Field(
         None, description="Jinja chat template (a .jinja file path or the template text) saved with the final "
@@ -144,10 +139,6 @@ class TrainConfig(BaseModel):
             raise ValueError("set exactly one of batch_size (examples per step) and batch_tokens (tokens per step)")
         if (self.max_steps is None) == (self.epochs is None):
             raise ValueError("set exactly one of max_steps and epochs")
-        if self.eta > 0 and not self.agent_data:
-            raise ValueError(f"eta={self.eta} draws agent examples: set agent_data")
-        if self.eta < 1 and not self.general_data:
-            raise ValueError(f"eta={self.eta} draws general examples: set general_data (or eta=1)")
         layers = self.lora_layers
         if layers is not None and (layers < 1 if isinstance(layers, int) else not layers or min(layers) < 0):
             raise ValueError(f"lora_layers={layers!r}: give a positive count (the top k layers) or layer indices")
@@ -155,104 +146,34 @@ class TrainConfig(BaseModel):
             raise ValueError(f"batch_tokens={self.batch_tokens} is less than one row (max_len={self.max_len})")
         return self
 
+    def require_inputs(self, where: str = "config") -> TrainConfig:
+        """This config with what a run needs and the pipeline fills in: a model, and the data eta draws from.
+
+        Kept out of validation so that a config without them is a valid *settings* object (the pipeline's
+        ``train`` section); ConfigError naming ``where`` otherwise.
+        """
+        missing = []
+        if not self.model:
+            missing.append("model: the model to tune (an HF id or path)")
+        if self.eta > 0 and not self.agent_data:
+            missing.append(f"agent_data: eta={self.eta} draws agent examples")
+        if self.eta < 1 and not self.general_data:
+            missing.append(f"general_data: eta={self.eta} draws general examples (or eta=1)")
+        if missing:
+            raise ConfigError(f"{where}: set " + "; ".join(missing))
+        return self
+
 
 # ------------------------------------------------------------------------------------------------------------------
-# Loading, overriding, saving
-
-
-def _accepts_str(annotation: Any) -> bool:
-    if annotation is str:
-        return True
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return all(isinstance(a, str) for a in typing.get_args(annotation))
-    if origin in (typing.Union, types.UnionType):
-        return any(_accepts_str(a) for a in typing.get_args(annotation))
-    return False
-
-
-def _parse_value(key: str, raw: str) -> Any:
-    """A YAML-parsed override value, kept as the raw string where the field takes text and YAML made a scalar."""
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    field = TrainConfig.model_fields[key]
-    if isinstance(value, (int, float, bool)) and _accepts_str(field.annotation) and not _accepts_number(field):
-        return raw  # model=123 means the path '123'
-    if isinstance(value, str) and _accepts_number(field):
-        return raw  # let pydantic coerce '1e-5' (YAML 1.1 reads it as a string) to a float
-    return value
-
-
-def _accepts_number(field: Any) -> bool:
-    ann = field.annotation
-    args = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else (ann,)
-    return any(a in (int, float) for a in args)
-
-
-def _split_override(item: str) -> tuple[str, str]:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} is not key=value")
-    key, raw = item.split("=", 1)
-    key = key.strip().replace("-", "_")
-    if key not in TrainConfig.model_fields:
-        close = difflib.get_close_matches(key, TrainConfig.model_fields, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown config key {key!r}{hint}")
-    return key, raw
-
-
-def _validate(data: dict[str, Any], where: str) -> TrainConfig:
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as e:
-        msgs = []
-        for err in e.errors():
-            loc, msg = ".".join(str(x) for x in err["loc"]), err["msg"].removeprefix("Value error, ")
-            msgs.append(f"{loc}: {msg}" if loc else msg)
-        raise ConfigError(f"{where}: " + "; ".join(msgs)) from None
-
-
-def apply_train_overrides(
-    config: TrainConfig | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
-) -> TrainConfig:
-    """A new config with ``key=value`` overrides applied (and everything re-validated together)."""
-    data = config.model_dump() if isinstance(config, TrainConfig) else dict(config)
-    for item in overrides:
-        key, raw = _split_override(item)
-        data[key] = _parse_value(key, raw)
-    return _validate(data, "overrides" if overrides else "config")
+# Loading and saving
 
 
 def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read a YAML config (or start from nothing when ``path`` is None) and apply ``key=value`` overrides.
-
-    Unknown keys — in the file or the overrides — are errors with a suggestion; so are values of the wrong type.
-    """
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: no such config file") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {e}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping of config keys, got {type(loaded).__name__}")
-        for key in loaded:
-            if key not in TrainConfig.model_fields:
-                close = difflib.get_close_matches(str(key), TrainConfig.model_fields, n=3)
-                hint = f"; did you mean {', '.join(close)}?" if close else ""
-                raise ConfigError(f"{p}: unknown config key {key!r}{hint}")
-        data = loaded
-    for item in overrides:
-        key, raw = _split_override(item)
-        data[key] = _parse_value(key, raw)
-    return _validate(data, str(path) if path is not None else "config")
+    """A training config ready to run: YAML ``path`` (None: defaults) and ``key=value`` overrides read by the one
+    loader (:func:`agenttuning.config.load`: unknown keys and bad values are errors naming the key, with
+    suggestions), then :meth:`TrainConfig.require_inputs`."""
+    config = load(TrainConfig, path, overrides)
+    return config.require_inputs(str(path) if path is not None else "config")
 
 
 def config_yaml(config: TrainConfig) -> str:
@@ -272,7 +193,6 @@ __all__ = [
     "Precision",
     "ReportTo",
     "TrainConfig",
-    "apply_train_overrides",
     "config_yaml",
     "load_config",
     "save_config",

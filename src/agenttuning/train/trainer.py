@@ -304,6 +304,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[Callable[[StepEvent], None
     ``callbacks`` are called with a :class:`StepEvent` after every optimizer step; an exception from one stops the
     run (what a kill would do: the newest checkpoint is where a later run resumes).
     """
+    config.require_inputs()  # before any process group or model: a settings-only config cannot run
     accelerator = make_accelerator(config)
     try:
         with contextlib.ExitStack() as held:
