@@ -526,12 +526,17 @@ def pipeline(
     Extra arguments override config keys: ``agenttuning pipeline cfg.yaml mix.eta=0.5 out=runs/x``.
     """
     from agenttuning.pipeline import load_pipeline_config, run_pipeline
-    from agenttuning.pipeline.run import headline_console_table, stages_table
 
     _library_progress(progress)
     config, overrides = _config_and_overrides(config, list(ctx.args))
     cfg = load_pipeline_config(config, overrides)
-    run = run_pipeline(cfg, console=err, progress=progress)
+    _print_run(run_pipeline(cfg, console=err, progress=progress))
+
+
+def _print_run(run: Any) -> None:
+    """What ``pipeline`` and ``sweep`` print at the end: the stages, the headline, where the report is."""
+    from agenttuning.pipeline.run import headline_console_table, stages_table
+
     console.print(stages_table(run))
     console.print(headline_console_table(run))
     if run.report is not None:
@@ -568,7 +573,6 @@ def sweep(
 ) -> None:
     """The paper's ablations in shape: the pipeline over eta values, and filtered vs unfiltered trajectories."""
     from agenttuning.pipeline import load_pipeline_config, run_sweep
-    from agenttuning.pipeline.run import headline_console_table, stages_table
 
     config, overrides = _config_and_overrides(config, list(ctx.args))
     if eta is not None:
@@ -577,11 +581,7 @@ def sweep(
         overrides.append(f"sweep.unfiltered={str(unfiltered).lower()}")
     _library_progress(progress)
     cfg = load_pipeline_config(config, overrides)
-    run = run_sweep(cfg, console=err, progress=progress)
-    console.print(stages_table(run))
-    console.print(headline_console_table(run))
-    if run.report is not None:
-        console.print(f"report: [bold]{run.out / 'report' / 'report.html'}[/]")
+    _print_run(run_sweep(cfg, console=err, progress=progress))
 
 
 def _metric_table(title: str) -> Table:
