@@ -163,6 +163,9 @@ def test_a_spec_file_with_relative_paths(files, tmp_path):
     path.write_text("title: no agent\n")
     with pytest.raises(ReportInputError, match=re.escape(str(path)) + ".*agent"):
         load_report_inputs(path)
+    path.write_text("agent: {base: eval/base}\nviewer_per_envs: 3\n")  # read by the one config loader: typos named
+    with pytest.raises(ReportInputError, match="unknown config key 'viewer_per_envs'; did you mean viewer_per_env"):
+        load_report_inputs(path)
 
 
 def test_inputs_are_checked_when_made(files):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agenttuning.eval.agent import RESULTS_FILE, AgentEvalResult
 from agenttuning.eval.general import GeneralEvalResult
@@ -266,60 +266,69 @@ def load_trajectories(path: str | os.PathLike[str]) -> list[Trajectory]:
 # A spec file
 
 
+class _SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str
+    eta: float
+    filtered: bool = True
+    agent: str
+    general: str | None = None
+
+
+class ReportSpec(BaseModel):
+    """A report spec file's fields (the module docstring); paths are relative to the file."""
+
+    model_config = ConfigDict(extra="forbid")
+    title: str = "AgentTuning report"
+    agent: dict[str, str]
+    general: dict[str, str] = {}
+    data_stats: str | None = None
+    mix: str | None = None
+    train_metrics: str | None = None
+    teacher_trajectories: list[str] = []
+    sweep: list[_SweepSpec] = []
+    normalisers: str | None = None
+    provenance: dict[str, str] = {}
+    notes: list[str] = []
+    metric: Metric = "mean_reward"
+    viewer_per_env: int = 10
+    viewer_max_chars: int = 4000
+
+
 def load_report_inputs(path: str | os.PathLike[str]) -> ReportInputs:
-    """:class:`ReportInputs` from a YAML or JSON spec (module docstring); relative paths are relative to it."""
-    import yaml
+    """:class:`ReportInputs` from a YAML or JSON spec (module docstring), read by the one config loader
+    (:func:`agenttuning.config.load`: unknown keys and bad values named); relative paths are relative to it."""
+    from agenttuning.config import ConfigError, load
 
     p = Path(path)
     try:
-        spec = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ReportInputError(p, "not found") from None
-    except yaml.YAMLError as e:
-        raise ReportInputError(p, f"invalid YAML: {e}") from None
-    if not isinstance(spec, dict) or "agent" not in spec:
-        raise ReportInputError(p, "a report spec needs at least 'agent: {label: results}'")
-    root = p.parent
+        spec = load(ReportSpec, p)
+    except ConfigError as e:
+        raise ReportInputError(p, str(e).removeprefix(f"{p}: ")) from None
 
-    def path_of(v: Any) -> Path:
-        if not isinstance(v, str | os.PathLike):
-            raise ReportInputError(p, f"expected a path, got {v!r}")
+    def at(v: str) -> Path:
         q = Path(v)
-        return q if q.is_absolute() else root / q
+        return q if q.is_absolute() else p.parent / q
 
-    def paths(m: Any, key: str) -> dict[str, Path]:
-        if not isinstance(m, Mapping):
-            raise ReportInputError(p, f"'{key}' must map model labels to paths")
-        return {str(k): path_of(v) for k, v in m.items()}
+    def optional(v: str | None) -> Path | None:
+        return at(v) if v is not None else None
 
-    def optional(key: str) -> Path | None:
-        return path_of(spec[key]) if spec.get(key) is not None else None
-
-    sweep = []
-    for i, s in enumerate(spec.get("sweep") or []):
-        if not isinstance(s, Mapping) or not {"label", "eta", "agent"} <= set(s):
-            raise ReportInputError(p, f"sweep[{i}] needs label, eta, agent (and optionally filtered, general)")
-        sweep.append(SweepPoint(str(s["label"]), float(s["eta"]), bool(s.get("filtered", True)),
-                                path_of(s["agent"]), path_of(s["general"]) if s.get("general") else None))  # fmt: skip
-    teachers = spec.get("teacher_trajectories") or []
-    if not isinstance(teachers, Sequence) or isinstance(teachers, str):
-        raise ReportInputError(p, "'teacher_trajectories' must be a list of paths")
     try:
         return ReportInputs(
-            title=str(spec.get("title", "AgentTuning report")),
-            agent=paths(spec["agent"], "agent"),
-            general=paths(spec.get("general") or {}, "general"),
-            data_stats=optional("data_stats"),
-            mix=optional("mix"),
-            train_metrics=optional("train_metrics"),
-            teacher_trajectories=[path_of(t) for t in teachers],
-            sweep=sweep,
-            normalisers=optional("normalisers"),
-            provenance={str(k): str(v) for k, v in (spec.get("provenance") or {}).items()},
-            notes=[str(n) for n in spec.get("notes") or []],
-            metric=spec.get("metric", "mean_reward"),
-            viewer_per_env=int(spec.get("viewer_per_env", 10)),
-            viewer_max_chars=int(spec.get("viewer_max_chars", 4000)),
+            title=spec.title,
+            agent={k: at(v) for k, v in spec.agent.items()},
+            general={k: at(v) for k, v in spec.general.items()},
+            data_stats=optional(spec.data_stats),
+            mix=optional(spec.mix),
+            train_metrics=optional(spec.train_metrics),
+            teacher_trajectories=[at(t) for t in spec.teacher_trajectories],
+            sweep=[SweepPoint(s.label, s.eta, s.filtered, at(s.agent), optional(s.general)) for s in spec.sweep],
+            normalisers=optional(spec.normalisers),
+            provenance=spec.provenance,
+            notes=spec.notes,
+            metric=spec.metric,
+            viewer_per_env=spec.viewer_per_env,
+            viewer_max_chars=spec.viewer_max_chars,
         )
     except ValueError as e:
         raise ReportInputError(p, str(e)) from None
