@@ -62,8 +62,8 @@ def test_the_teacher_policy_and_policy_options_are_checked_at_load(override: str
 def test_valid_policies_and_options_pass() -> None:
     cfg = _load("teacher.policy=openai:gpt-4o", "teacher.policy_options={base_url: 'http://127.0.0.1:1/v1', "
                 "temperature: 0.5}", "eval.policy_options={batch_size: 4}")  # fmt: skip
-    assert cfg.teacher.policy == "openai:gpt-4o" and cfg.eval.policy_options == {"batch_size": 4}
-    assert _load("teacher.policy=noisy:0.3").teacher.policy == "noisy:0.3"
+    assert str(cfg.teacher.policy) == "openai:gpt-4o" and cfg.teacher.policy.model == "gpt-4o" and cfg.eval.policy_options == {"batch_size": 4}
+    assert _load("teacher.policy=noisy:0.3").teacher.policy.p == 0.3
 
 
 @pytest.mark.parametrize(("override", "message"), [

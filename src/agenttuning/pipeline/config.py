@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agenttuning.config import ConfigError, load
+from agenttuning.policies.specs import PolicySpecField
 from agenttuning.stages.decontaminate import DecontaminateConfig
 from agenttuning.stages.filter import FilterConfig
 from agenttuning.stages.mix import MixConfig
@@ -52,7 +53,8 @@ class _Section(BaseModel):
 class TeacherConfig(_Section):
     """Stage 1: the teacher acting in the training environments (AgentTuning §2.1, trajectory generation)."""
 
-    policy: str = Field("expert", description="Policy spec: 'expert', 'noisy:P', 'openai:MODEL', 'hf:PATH'.")
+    policy: PolicySpecField = Field("expert", description="Policy spec: 'expert', 'noisy:P', 'openai:MODEL', "
+                                    "'hf:PATH' (a typed spec; written as its string).")  # fmt: skip
     policy_options: dict[str, Any] = Field(default_factory=dict, description="Options for make_policy "
                                            "(base_url, max_new_tokens, temperature...).")  # fmt: skip
     envs: list[str] = Field(default_factory=lambda: ["db"], description="Environment families to collect in "
@@ -218,12 +220,9 @@ def check_model_path(spec: str, key: str, *, model: bool = True) -> None:
 
 def _check_policies(cfg: PipelineConfig, where: str) -> None:
     """The teacher's spec parses and its options and the evaluation's (``hf:`` policies) are known parameters."""
-    from agenttuning.policies.specs import HFSpec, PolicySpecError, parse_policy_spec
+    from agenttuning.policies.specs import HFSpec
 
-    try:
-        spec = parse_policy_spec(cfg.teacher.policy)
-    except PolicySpecError as e:
-        raise PipelineConfigError(f"{where}: teacher.policy: {e}") from None
+    spec = cfg.teacher.policy  # parsed when the config was validated
     if isinstance(spec, HFSpec):
         try:
             check_model_path(spec.model, "teacher.policy")

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from agenttuning.config import read_yaml_mapping
 from agenttuning.jsonl import locked
 from agenttuning.train.batches import BatchPlanner, MicroBatch, TreeRow, collate, eval_micro_batches
 from agenttuning.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_only_hook
@@ -142,7 +142,7 @@ def _check_resume(config: TrainConfig, folder: Path) -> None:
     saved_path = folder / "train_config.yaml"
     if not saved_path.is_file():
         return
-    saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+    saved = read_yaml_mapping(saved_path)
     current = config.model_dump(mode="json")
     diff = [k for k in STREAM_FIELDS if saved.get(k) != current.get(k)]
     if diff:
