@@ -67,6 +67,30 @@ def test_unpacked_rows_keep_ids_and_sources(tmp_path, tok):
     assert all("position_ids" not in r for r in rows)
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_the_trainer_reads_back_the_records_the_stage_wrote(tmp_path, tok, fmt):
+    """One record type from rendering to the trainer: the rows written are the fitted records' own, and the
+    trainer's table gives the same records back (tokens, labels, turn ends), a cut one included."""
+    from agenttuning.stages.prepare import prepare_examples
+    from agenttuning.tokens.record import TokenRecord
+    from agenttuning.train.data import load_token_table
+
+    examples = [ex(i, source="agent", family="db", replies=("Sure.", "word " * (3 + 100 * (i == 2)))) for i in range(4)]
+    write_examples(examples, tmp_path / "in.jsonl")
+    config = PrepareConfig(pack=False, format=fmt, max_len=96)
+    written, _, kept = prepare_examples(config, examples, tok)
+    assert written == [record.to_row() for _, record in kept]
+    assert [(r.id, r.source, r.family) for _, r in kept] == [(e.id, e.source, e.family) for e in examples]
+    r = run_prepare(config, [tmp_path / "in.jsonl"], tok, tmp_path / "out")
+    assert r.length["cut"] == 1  # example 2's long second reply does not fit: cut after its first
+    table, report = load_token_table(tmp_path / "out", max_len=96)
+    assert report.length.kept == 4 and len(table) == 4
+    back = [table.example(i) for i in range(len(table))]
+    assert all(type(b) is TokenRecord for b in back)
+    assert back == [TokenRecord(rec.input_ids, rec.labels, rec.turn_ends) for _, rec in kept]
+    assert len(back[2].turn_ends) == 2 and len(back[0].turn_ends) == 4
+
+
 def test_too_long_examples_are_cut_at_a_turn_boundary_and_reported(tmp_path, tok):
     long_reply = "word " * 400
     examples = [ex(0, replies=("short answer", long_reply))]

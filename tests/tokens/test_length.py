@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import NamedTuple
 
 import pytest
 
@@ -18,18 +16,9 @@ from agenttuning.tokens.length import (
     fit_all,
     trained_tokens,
 )
+from agenttuning.tokens.record import TokenRecord
 
-
-@dataclass(frozen=True)
-class Encoded:
-    """Local stand-in for tokens.masks.Encoded (only the fields length.py reads)."""
-
-    input_ids: list[int]
-    labels: list[int]
-    turn_ends: list[int]
-
-
-def make(turns: list[tuple[int, bool]], prefix: int = 0) -> Encoded:
+def make(turns: list[tuple[int, bool]], prefix: int = 0) -> TokenRecord:
     """An example from ``(token count, is_assistant)`` turns, after ``prefix`` untrained tokens (e.g. BOS/system).
 
     Token ids count up from 1 so that any reordering or mid-turn cut shows; assistant tokens are labelled.
@@ -42,10 +31,10 @@ def make(turns: list[tuple[int, bool]], prefix: int = 0) -> Encoded:
         ids += new
         labels += new if assistant else [IGNORE_INDEX] * n
         ends.append(len(ids))
-    return Encoded(ids, labels, ends)
+    return TokenRecord(ids, labels, ends)
 
 
-def random_example(rng: random.Random) -> Encoded:
+def random_example(rng: random.Random) -> TokenRecord:
     turns = []
     for k in range(rng.randint(1, 9)):
         assistant = k % 2 == 1 if rng.random() < 0.9 else rng.random() < 0.5  # mostly alternating, sometimes not
@@ -76,7 +65,7 @@ def test_cut_keeps_the_longest_prefix_ending_after_an_assistant_turn():
         assert out.input_ids == ex.input_ids[:end]
         assert out.labels == ex.labels[:end]
         assert out.turn_ends == [e for e in ex.turn_ends if e <= end]
-        assert type(out) is Encoded
+        assert type(out) is TokenRecord
         assert (report.cut, report.tokens_kept, report.tokens_lost) == (1, end, 23 - end)
     # the first assistant turn does not fit: nothing trainable survives a turn-boundary cut
     out, report = fit(ex, 8)
@@ -137,7 +126,7 @@ def test_explicit_assistant_flags_override_the_label_heuristic():
     # a caller that trains only the final turn still cuts at the *assistant* boundaries it declares
     ex = make([(2, False), (3, True), (2, False), (3, True)])
     flags = [False, True, False, True]
-    unlabelled = Encoded(ex.input_ids, [IGNORE_INDEX] * 5 + ex.labels[5:], ex.turn_ends)
+    unlabelled = TokenRecord(ex.input_ids, [IGNORE_INDEX] * 5 + ex.labels[5:], ex.turn_ends)
     assert fit(unlabelled, 9)[0] is None  # by labels, turn 1 is not an assistant turn: nothing to keep
     out, report = fit(unlabelled, 9, is_assistant=flags)
     assert out.input_ids == ex.input_ids[:5] and report.trained_kept == 0 and report.trained_lost == 3
@@ -181,36 +170,23 @@ def test_compare_policies_shows_what_a_short_context_loses():
         assert reports[("truncate_turns", n)].trained_kept >= reports[("drop", n)].trained_kept
 
 
-def test_other_example_types_are_preserved():
-    class Tup(NamedTuple):
-        input_ids: list[int]
-        labels: list[int]
-        turn_ends: list[int]
-
+def test_a_cut_record_keeps_the_name_of_its_example():
     ex = make([(2, False), (2, True), (2, False), (2, True)])
-    out, _ = fit(Tup(ex.input_ids, ex.labels, ex.turn_ends), 6)
-    assert isinstance(out, Tup) and out.turn_ends == [2, 4]
-
-    pydantic = pytest.importorskip("pydantic")
-
-    class Model(pydantic.BaseModel):
-        input_ids: list[int]
-        labels: list[int]
-        turn_ends: list[int]
-        source: str = "x"
-
-    out, _ = fit(Model(input_ids=ex.input_ids, labels=ex.labels, turn_ends=ex.turn_ends, source="sharegpt"), 6)
-    assert isinstance(out, Model) and out.source == "sharegpt" and out.input_ids == ex.input_ids[:4]
+    named = TokenRecord(ex.input_ids, ex.labels, ex.turn_ends, id="db-train-7", source="agent", family="db")
+    out, _ = fit(named, 6)
+    assert out.turn_ends == [2, 4] and out.input_ids == ex.input_ids[:4]
+    assert (out.id, out.source, out.family) == ("db-train-7", "agent", "db")
+    assert named.turn_ends == [2, 4, 6, 8]  # the input record is left as it was
 
 
 def test_invalid_input_is_rejected():
     with pytest.raises(ValueError, match="policy"):
         fit(make([(2, True)]), 5, policy="truncate")
     with pytest.raises(ValueError, match="labels"):
-        fit(Encoded([1, 2], [1], [2]), 5)
+        fit(TokenRecord([1, 2], [1], [2]), 5)
     with pytest.raises(ValueError, match="turn_ends"):
-        fit(Encoded([1, 2], [1, 2], [2, 1]), 5)
+        fit(TokenRecord([1, 2], [1, 2], [2, 1]), 5)
     with pytest.raises(ValueError, match="turn_ends"):
-        fit(Encoded([1, 2], [1, 2], [3]), 5)
+        fit(TokenRecord([1, 2], [1, 2], [3]), 5)
     with pytest.raises(ValueError, match="max_len"):
         fit(make([(2, True)]), 0)

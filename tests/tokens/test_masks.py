@@ -18,7 +18,8 @@ from collections import Counter
 import pytest
 
 from agenttuning.schema import Turn
-from agenttuning.tokens.masks import IGNORE_INDEX, Encoded, render, render_batch, render_text, visualize
+from agenttuning.tokens.masks import IGNORE_INDEX, render, render_batch, render_text, visualize
+from agenttuning.tokens.record import TokenRecord
 from agenttuning.tokens.offline import llama3_tokenizer, mistral_tokenizer, tekken_path, tekken_tokenizer
 from agenttuning.tokens.templates import get_template, markup_text
 from tests.tokens.conversations import (
@@ -237,7 +238,7 @@ def test_mistral_template_gives_mistral_commons_ids(tokenizers, convs):
 # -- rules, one example each ---------------------------------------------------------------------------------------
 
 
-def trained_text(enc: Encoded, tok) -> str:
+def trained_text(enc: TokenRecord, tok) -> str:
     return tok.decode([i for i, y in zip(enc.input_ids, enc.labels, strict=True) if y != IGNORE_INDEX])
 
 
@@ -290,7 +291,7 @@ def test_special_spellings_stay_text(tokenizers):
 
 def test_empty_and_trivial_conversations(tokenizers):
     tok = tokenizers["llama3"]
-    assert render([], tok, "llama3") == Encoded([], [], [])
+    assert render([], tok, "llama3") == TokenRecord([], [], [])
     assert render_batch([], tok, "llama3") == []
     enc = render([Turn(role="user", content=""), Turn(role="assistant", content="", loss=True)], tok, "llama3")
     assert trained_text(enc, tok) == "<|eot_id|>" and enc.turn_ends == [6, 11]

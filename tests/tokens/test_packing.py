@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
 
 import pytest
 
-from agenttuning.tokens.length import IGNORE_INDEX
 from agenttuning.tokens.packing import (
     PackedRow,
     block_causal_mask,
@@ -22,22 +20,14 @@ from agenttuning.tokens.packing import (
     segment_ids,
     single_bins,
 )
+from agenttuning.tokens.record import IGNORE_INDEX, TokenRecord
 
 
-@dataclass(frozen=True)
-class Encoded:
-    """Local stand-in for tokens.masks.Encoded."""
-
-    input_ids: list[int]
-    labels: list[int]
-    turn_ends: list[int]
-
-
-def random_encoded(rng: random.Random, n: int, vocab: int = 1000) -> Encoded:
+def random_encoded(rng: random.Random, n: int, vocab: int = 1000) -> TokenRecord:
     """``n`` tokens: an untrained prompt then a trained reply (labels aligned with ids, -100 elsewhere)."""
     ids = [rng.randrange(vocab) for _ in range(n)]
     prompt = rng.randint(0, n - 1)
-    return Encoded(ids, [IGNORE_INDEX] * prompt + ids[prompt:], [prompt, n] if prompt else [n])
+    return TokenRecord(ids, [IGNORE_INDEX] * prompt + ids[prompt:], [prompt, n] if prompt else [n])
 
 
 # ------------------------------------------------------------------------------------------- bin packing
@@ -167,7 +157,7 @@ def agentinstruct_like_lengths(count: int, seed: int) -> list[int]:
 
 def test_packing_efficiency_on_an_agentinstruct_like_mix():
     lengths = agentinstruct_like_lengths(4000, seed=2023)
-    encodeds = [Encoded([1] * n, [1] * n, [n]) for n in lengths]
+    encodeds = [TokenRecord([1] * n, [1] * n, [n]) for n in lengths]
     rows, report = pack(encodeds, 4096)
     check_bins([list(r.example_ids) for r in rows], lengths, 4096)
     assert report.tokens == sum(lengths) and report.rows == len(rows) and report.examples == 4000
@@ -195,7 +185,7 @@ def test_packing_100k_examples_takes_well_under_a_second():
 def test_rows_concatenate_examples_with_restarting_positions():
     rng = random.Random(3)
     encodeds = [random_encoded(rng, n) for n in (5, 1, 7, 3, 4)]
-    encodeds.append(Encoded([7, 8, 9], [-100, 8, 9], [1, 3]))  # first label already -100: stays so
+    encodeds.append(TokenRecord([7, 8, 9], [-100, 8, 9], [1, 3]))  # first label already -100: stays so
     bins = [[2, 0], [5, 1, 4, 3]]
     rows = build_rows(encodeds, bins)
     for row, bin_ in zip(rows, bins):
@@ -284,15 +274,15 @@ def attn_model(request, model):
     model.set_attn_implementation("sdpa")
 
 
-def packed_examples() -> tuple[list[Encoded], list[PackedRow]]:
+def packed_examples() -> tuple[list[TokenRecord], list[PackedRow]]:
     rng = random.Random(7)
     encodeds = [random_encoded(rng, n) for n in (9, 1, 14, 6, 11, 3)]
     for k in (2, 5):  # examples trained on every token, whose first label is not -100 before packing
-        encodeds[k] = Encoded(encodeds[k].input_ids, list(encodeds[k].input_ids), [len(encodeds[k].input_ids)])
+        encodeds[k] = TokenRecord(encodeds[k].input_ids, list(encodeds[k].input_ids), [len(encodeds[k].input_ids)])
     return encodeds, build_rows(encodeds, [[0, 1, 2, 3], [4, 5]])
 
 
-def logits_alone(model, ex: Encoded):
+def logits_alone(model, ex: TokenRecord):
     import torch
 
     with torch.no_grad():

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import random
-from types import SimpleNamespace as Ex
-
 import pytest
 import torch
 
-from agenttuning.tokens.length import IGNORE_INDEX
 from agenttuning.tokens.packing import block_causal_mask, build_rows
 from agenttuning.tokens.prefix_tree import (
     ancestor_matrix,
@@ -19,11 +16,12 @@ from agenttuning.tokens.prefix_tree import (
     tree_attention_mask,
     tree_layout,
 )
+from agenttuning.tokens.record import IGNORE_INDEX, TokenRecord
 
 
 def ex(ids, trained_from: int = 0):
     """An example whose tokens from ``trained_from`` on are trained (labels = ids there, -100 before)."""
-    return Ex(input_ids=list(ids), labels=[IGNORE_INDEX] * trained_from + list(ids[trained_from:]))
+    return TokenRecord(list(ids), [IGNORE_INDEX] * trained_from + list(ids[trained_from:]), [len(ids)])
 
 
 def expected_targets(examples, tags=None):
@@ -181,7 +179,7 @@ def test_ancestors_need_parents_first():
 
 def test_bad_examples_are_refused():
     with pytest.raises(ValueError, match="example 1"):
-        tree_layout([ex([1, 2]), Ex(input_ids=[1, 2, 3], labels=[1, 2])])
+        tree_layout([ex([1, 2]), TokenRecord([1, 2, 3], [1, 2], [3])])
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -195,7 +193,7 @@ def random_examples(rng: random.Random, n: int):
         ids = stems[rng.randrange(3)] + [rng.randrange(1, 4) for _ in range(rng.randrange(0, 6))]
         ids = ids or [1]
         labels = [y if rng.random() < 0.6 else IGNORE_INDEX for y in ids]
-        exs.append(Ex(input_ids=ids, labels=labels))
+        exs.append(TokenRecord(ids, labels, [len(ids)]))
     return exs
 
 

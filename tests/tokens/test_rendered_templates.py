@@ -22,7 +22,8 @@ from agenttuning.data.example import Example
 from agenttuning.data.formats import write_examples
 from agenttuning.schema import Turn
 from agenttuning.tokens.chat_templates import META_LLAMA3_CHAT_TEMPLATE
-from agenttuning.tokens.masks import IGNORE_INDEX, Encoded, render, render_batch, render_text
+from agenttuning.tokens.masks import IGNORE_INDEX, render, render_batch, render_text
+from agenttuning.tokens.record import TokenRecord
 from agenttuning.tokens.offline import llama3_tokenizer
 from agenttuning.tokens.templates import ChatTemplate, RenderedTemplate, from_jinja, get_template
 from tests.tokens.conversations import conversations, spelling_pattern, spells_control_token
@@ -81,7 +82,7 @@ def messages(turns) -> list[dict[str, str]]:
     return [{"role": t.role, "content": t.content} for t in turns]
 
 
-def trained_runs(enc: Encoded, turns) -> list[list[int] | None]:
+def trained_runs(enc: TokenRecord, turns) -> list[list[int] | None]:
     """Per turn, the ids of its trained tokens (None where the turn has none)."""
     out, start = [], 0
     for _, end in zip(turns, enc.turn_ends, strict=True):
@@ -91,7 +92,7 @@ def trained_runs(enc: Encoded, turns) -> list[list[int] | None]:
     return out
 
 
-def trained_text(enc: Encoded, tok) -> str:
+def trained_text(enc: TokenRecord, tok) -> str:
     return tok.decode([i for i, y in zip(enc.input_ids, enc.labels, strict=True) if y != IGNORE_INDEX])
 
 

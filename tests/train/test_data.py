@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from agenttuning.tokens.record import TokenRecord
 from agenttuning.train.batches import BatchPlanner, collate, deal, eval_micro_batches
 from agenttuning.train.data import AGENT, GENERAL, TokenTable, load_token_table, load_sources, split_eval
 
@@ -36,6 +37,51 @@ def test_long_examples_are_cut_after_an_assistant_turn_or_dropped(tmp_path):
     assert (report.length.cut, report.length.dropped, report.untrained) == (1, 1, 2)
     table, report = load_token_table(path, max_len=8, policy="drop")
     assert len(table) == 1 and report.length.dropped == 2
+
+
+def test_a_table_row_is_the_record_it_holds():
+    records = [TokenRecord([1, 2, 3], [-100, 2, 3], [1, 3], id="a"), TokenRecord([4, 5], [-100, 5], [2]),
+               TokenRecord([6, 7, 8, 9], [-100, -100, 8, 9], [1, 2, 4])]  # fmt: skip
+    table = TokenTable.from_records(records, "agent")
+    unnamed = [TokenRecord(r.input_ids, r.labels, r.turn_ends) for r in records]  # the table keeps tokens only
+    assert [table.example(i) for i in range(3)] == unnamed
+    assert all(type(table.example(i)) is TokenRecord for i in range(3))
+    part = table.subset([2, 0])
+    assert [part.example(i) for i in range(2)] == [unnamed[2], unnamed[0]] and part.tokens == 7
+    assert len(TokenTable.from_records([], "general")) == 0 and len(table.subset([])) == 0
+
+
+def test_a_row_without_turn_ends_is_one_turn_dropped_when_too_long(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps({"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}) + "\n"
+                    + json.dumps({"input_ids": list(range(10)), "labels": [-100] + list(range(1, 10))}) + "\n")
+    table, report = load_token_table(path, max_len=8)
+    assert len(table) == 1 and table.example(0) == TokenRecord([1, 2, 3], [-100, 2, 3], [3])
+    assert (report.length.kept, report.length.cut, report.length.dropped) == (1, 0, 1)
+
+
+def test_bad_rows_are_errors_naming_file_and_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from agenttuning.jsonl import RecordError
+
+    packed = tmp_path / "packed.parquet"
+    pq.write_table(pa.Table.from_pylist([{"input_ids": [1, 2], "labels": [-100, 2], "position_ids": [0, 0],
+                                          "seq_lens": [1, 1]}]), packed)  # fmt: skip
+    with pytest.raises(RecordError, match="--no-pack") as e:
+        load_token_table(packed, max_len=8)
+    assert str(e.value).startswith(f"{packed}:1:")
+    ends = tmp_path / "ends.jsonl"
+    ends.write_text(json.dumps({"input_ids": [1, 2], "labels": [-100, 2], "turn_ends": [2]}) + "\n"
+                    + json.dumps({"input_ids": [1, 2], "labels": [-100, 2], "turn_ends": [2, 1]}) + "\n")
+    with pytest.raises(RecordError, match="turn_ends") as e:
+        load_token_table(ends, max_len=8)
+    assert str(e.value).startswith(f"{ends}:2:")
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"input_ids": [1, 2], "labels": [2]}) + "\n")
+    with pytest.raises(RecordError, match="differ in length"):
+        load_token_table(short, max_len=8)
 
 
 def test_rows_without_labels_are_an_error(tmp_path):
@@ -122,7 +168,7 @@ def test_collate_marks_sources_and_isolates_padding(data):
 
 
 def test_eval_batches_are_equal_in_number_on_every_process(data):
-    table = TokenTable.from_lists([[1, 5, 6]] * 7, [[-100, 5, 6]] * 7, "agent")
+    table = TokenTable.from_records([TokenRecord([1, 5, 6], [-100, 5, 6], [1, 3])] * 7, "agent")
     per = [eval_micro_batches(table, AGENT, max_len=3, pack=True, rows_per_batch=2, process_index=p,
                               num_processes=3) for p in range(3)]  # fmt: skip
     assert [len(b) for b in per] == [2, 2, 2]

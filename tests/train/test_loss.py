@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from agenttuning.tokens.packing import build_rows, collate_rows
+from agenttuning.tokens.record import TokenRecord
 from agenttuning.train.loss import (
     CausalLMLoss,
     causal_lm_loss,
@@ -29,13 +30,11 @@ LOSS_RTOL, GRAD_RTOL = 1e-6, 2e-6
 
 def _packed_batch(seed: int = 0):
     """Two packed rows of three and two examples, prompt tokens masked, replies trained (float32 CPU)."""
-    from types import SimpleNamespace as Ex
-
     g = torch.Generator().manual_seed(seed)
     exs = []
     for n, prompt in [(9, 4), (7, 3), (12, 5), (10, 6), (8, 2)]:
         ids = torch.randint(3, VOCAB, (n,), generator=g).tolist()
-        exs.append(Ex(input_ids=ids, labels=[-100] * prompt + ids[prompt:]))
+        exs.append(TokenRecord(ids, [-100] * prompt + ids[prompt:], [prompt, n]))
     return collate_rows(build_rows(exs, [[0, 1, 2], [3, 4]]))
 
 
@@ -112,14 +111,12 @@ def test_token_losses_follow_the_trained_positions(model):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_masked_tokens_after_the_last_trained_token_change_nothing(model, impl):
     """Input tokens with no loss that no trained token depends on (after the last trained one) get no gradient."""
-    from types import SimpleNamespace as Ex
-
     ids = list(range(10, 30))
     labels = [-100] * 5 + ids[5:12] + [-100] * 8  # trained 5..11; tokens 12..19 are masked and come after
     other = ids[:12] + [3, 4, 5, 6, 7, 8, 9, 70]
-    first = Ex(input_ids=list(range(40, 52)), labels=[-100] * 6 + list(range(46, 52)))
-    a = collate_rows(build_rows([Ex(input_ids=ids, labels=labels), first], [[0, 1]]))
-    b = collate_rows(build_rows([Ex(input_ids=other, labels=labels), first], [[0, 1]]))
+    first = TokenRecord(list(range(40, 52)), [-100] * 6 + list(range(46, 52)), [6, 12])
+    a = collate_rows(build_rows([TokenRecord(ids, labels, [5, 12, 20]), first], [[0, 1]]))
+    b = collate_rows(build_rows([TokenRecord(other, labels, [5, 12, 20]), first], [[0, 1]]))
     loss_a, grads_a = _run(model, a, impl)
     loss_b, grads_b = _run(model, b, impl)
     assert torch.equal(loss_a, loss_b)

@@ -13,17 +13,16 @@ import copy
 import json
 import random
 from pathlib import Path
-from types import SimpleNamespace as Ex
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from agenttuning.tokens.length import IGNORE_INDEX
 from agenttuning.tokens.prefix_tree import tree_layout
+from agenttuning.tokens.record import IGNORE_INDEX, TokenRecord
 from agenttuning.train import tree_attention
 from agenttuning.train.batches import BatchPlanner, TreeRow, collate
-from agenttuning.train.data import AGENT, GENERAL, TokenTable
+from agenttuning.train.data import AGENT, GENERAL, Sources, TokenTable
 from agenttuning.train.loss import CausalLMLoss
 from tests.tiny_models import tiny_llama
 
@@ -35,10 +34,10 @@ IMPLS = ["fused", "checkpoint", "full"]
 
 
 def _ex(ids, trained_from):
-    return Ex(input_ids=list(ids), labels=[IGNORE_INDEX] * trained_from + list(ids[trained_from:]))
+    return TokenRecord(list(ids), [IGNORE_INDEX] * trained_from + list(ids[trained_from:]), [len(ids)])
 
 
-def family(seed: int = 0) -> list[Ex]:
+def family(seed: int = 0) -> list[TokenRecord]:
     """Nested shares, an identical pair, an example that is a prefix of another, and one that shares nothing."""
     g = random.Random(seed)
     rand = lambda n: [g.randrange(3, VOCAB) for _ in range(n)]  # noqa: E731
@@ -195,9 +194,10 @@ def test_the_checks_can_fail():
 def test_the_trainers_probe_catches_an_attention_that_ignores_the_tree():
     from agenttuning.train.trainer import check_sharing
 
-    table = TokenTable.from_lists([family(7)[0].input_ids * 3], [family(7)[0].labels * 3], "agent")
-    empty = TokenTable.from_lists([], [], "general")
-    sources = Ex(train=(table, empty))
+    first = family(7)[0]
+    table = TokenTable.from_records([TokenRecord(first.input_ids * 3, first.labels * 3, [len(first) * 3])], "agent")
+    empty = TokenTable.from_records([], "general")
+    sources = Sources(train=(table, empty), eval=(empty, empty), reports=(None, None))
     model = make_model()
     loss_model = CausalLMLoss(model, impl="fused")
     ok, _, _ = check_sharing(loss_model, sources, "segments", "cpu", 1e-4)  # not switched: sdpa ignores the tree
@@ -237,16 +237,16 @@ def shared_prefix_tables(seed: int = 0) -> tuple[TokenTable, TokenTable]:
     """Agent examples of two 'environments' (each a fixed 24-token prompt, then a task and a trained reply)."""
     g = random.Random(seed)
     envs = [[1] + [g.randrange(4, 95) for _ in range(23)] for _ in range(2)]
-    ids, labels = [], []
+    agent = []
     for i in range(24):
         task = [g.randrange(4, 95) for _ in range(g.randrange(6, 20))]
         reply = [t + 1 for t in task[:6]] + [2]
         x = envs[i % 2] + task + reply
-        ids.append(x)
-        labels.append([IGNORE_INDEX] * (len(x) - len(reply)) + reply)
+        agent.append(TokenRecord(x, [IGNORE_INDEX] * (len(x) - len(reply)) + reply, [len(x) - len(reply), len(x)]))
     general = [[1] + [g.randrange(4, 95) for _ in range(g.randrange(8, 30))] for _ in range(48)]
-    return (TokenTable.from_lists(ids, labels, "agent"),
-            TokenTable.from_lists(general, [[IGNORE_INDEX] * 3 + x[3:] for x in general], "general"))  # fmt: skip
+    return (TokenTable.from_records(agent, "agent"),
+            TokenTable.from_records([TokenRecord(x, [IGNORE_INDEX] * 3 + x[3:], [3, len(x)]) for x in general],
+                                    "general"))  # fmt: skip
 
 
 def test_planner_same_batches_fewer_layout_tokens_and_resume():
@@ -301,7 +301,7 @@ def shared_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("shared")
     agent, general = shared_prefix_tables()
     for name, table in (("agent", agent), ("general", general)):
-        rows = [{"input_ids": table.example(i).input_ids, "labels": table.example(i).labels} for i in range(len(table))]
+        rows = [table.example(i).to_row() for i in range(len(table))]
         pq.write_table(pa.Table.from_pylist(rows), folder / f"{name}.parquet")
     return folder / "agent.parquet", folder / "general.parquet"
 

@@ -39,8 +39,8 @@ from agenttuning.data.rows import write_json, write_rows
 from agenttuning.stages.folder import stage_folder
 from agenttuning.stages.manifest import StageResult
 from agenttuning.tokens.length import DEFAULT_MAX_LEN, LengthReport, compare_policies, fit
-from agenttuning.tokens.masks import Encoded
 from agenttuning.tokens.packing import pack
+from agenttuning.tokens.record import TokenRecord
 
 __all__ = ["PrepareConfig", "PrepareOutput", "prepare_examples", "run"]
 
@@ -80,16 +80,18 @@ class PrepareOutput(StageResult):
 
 
 def prepare_examples(config: PrepareConfig, examples: Sequence[Example], tokenizer: Any
-                     ) -> tuple[list[dict[str, Any]], dict[str, Any], list[tuple[Example, Encoded]]]:  # fmt: skip
-    """Render, fit and pack ``examples`` (steps 2-4): the row records, the statistics, and each kept example with
-    its fitted encoding (what ``prepare --show`` colours). EmptyOutputError when no row is left."""
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any], list[tuple[Example, TokenRecord]]]:  # fmt: skip
+    """Render, fit and pack ``examples`` (steps 2-4): the rows to write, the statistics, and each kept example with
+    its fitted :class:`~agenttuning.tokens.record.TokenRecord` (what ``prepare --show`` colours). Rows are the
+    records' own (:meth:`TokenRecord.to_row`, what the trainer reads back) or the packed rows'
+    (:meth:`~agenttuning.tokens.packing.PackedRow.to_row`). EmptyOutputError when no row is left."""
     from agenttuning.tokens.prepare import encode_examples
 
     rendered, rejected, first_rejection = encode_examples(examples, tokenizer, template=config.chat_template)
     ok = [(ex, e) for ex, e in zip(examples, rendered) if e is not None]
     report = LengthReport(policy=config.length_policy, max_len=config.max_len)
-    kept: list[tuple[Example, Encoded]] = []
-    for ex, e in ok:  # one by one, so each surviving row keeps the id, source and family of its own example
+    kept: list[tuple[Example, TokenRecord]] = []
+    for ex, e in ok:  # one by one, keeping each fitted record beside its example (what prepare --show needs)
         fitted, one = fit(e, config.max_len, policy=config.length_policy)
         report = report + one
         if fitted is not None:
@@ -98,21 +100,15 @@ def prepare_examples(config: PrepareConfig, examples: Sequence[Example], tokeniz
     if not kept:
         raise EmptyOutputError(_no_rows(n_in, rejected, first_rejection, report))
     rows, packing = pack([e for _, e in kept], config.max_len, packed=config.pack)
-    records: list[dict[str, Any]]
-    if config.pack:
-        records = [{"input_ids": r.input_ids, "labels": r.labels, "position_ids": r.position_ids,
-                    "seq_lens": list(r.seq_lens)} for r in rows]  # fmt: skip
-    else:
-        records = [{"id": ex.id, "source": ex.source, "family": ex.family, "input_ids": list(e.input_ids),
-                    "labels": list(e.labels), "turn_ends": list(e.turn_ends)} for ex, e in kept]  # fmt: skip
+    written = [r.to_row() for r in rows] if config.pack else [e.to_row() for _, e in kept]
     policies = compare_policies([e for _, e in ok], (config.max_len,))
     stats = {
-        "rows": len(records), "examples_in": n_in, "rejected": dict(rejected), "first_rejection": first_rejection,
+        "rows": len(written), "examples_in": n_in, "rejected": dict(rejected), "first_rejection": first_rejection,
         "sources": dict(Counter(ex.source for ex, _ in ok)), "length": report.to_dict(),
         "length_policies": {f"{pol}@{n}": r.to_dict() for (pol, n), r in policies.items()},
         "packing": packing.to_dict(),
     }  # fmt: skip
-    return records, stats, kept
+    return written, stats, kept
 
 
 def _no_rows(n_in: int, rejected: Counter[str], first: str | None, report: LengthReport) -> str:

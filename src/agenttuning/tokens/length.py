@@ -7,17 +7,18 @@ that does not fit is either dropped, or cut at a turn boundary: we keep the long
 (a cut mid-turn would teach the model to stop an action or thought in the middle). If even the first assistant turn
 does not fit, the example is dropped.
 
-Everything here is a pure function over any object with the attributes of
-:class:`agenttuning.tokens.masks.Encoded` — ``input_ids``, ``labels`` (aligned with ``input_ids``, ``-100`` = no
-loss; the model shifts them) and ``turn_ends`` (``turn_ends[i]`` is the exclusive token index where turn ``i``
-ends) — plus, per example, which turns are assistant turns (``is_assistant``; derived from the labels when not
-given: a turn is an assistant turn when any of its tokens carries a label).
+Everything here is a pure function over :class:`~agenttuning.tokens.record.TokenRecord` s — ``input_ids``,
+``labels`` (aligned with ``input_ids``, ``-100`` = no loss; the model shifts them) and ``turn_ends``
+(``turn_ends[i]`` is the exclusive token index where turn ``i`` ends) — plus, per example, which turns are assistant
+turns (``is_assistant``; derived from the labels when not given: a turn is an assistant turn when any of its tokens
+carries a label). A cut record keeps its ``id``, ``source`` and ``family``. The prepare stage fits rendered records,
+the trainer the records it reads back from prepared rows (:func:`agenttuning.train.data.load_token_table`).
 
 Every decision is counted in a :class:`LengthReport` (examples kept / cut / dropped, tokens and trained tokens
 total / kept / lost); reports add up, so shards can be fitted separately and summed.
 
-    >>> from types import SimpleNamespace as Ex
-    >>> ex = Ex(input_ids=list(range(10)), labels=[-100, -100, 2, 3, -100, -100, 6, 7, 8, 9], turn_ends=[2, 4, 6, 10])
+    >>> from agenttuning.tokens.record import TokenRecord
+    >>> ex = TokenRecord(list(range(10)), [-100, -100, 2, 3, -100, -100, 6, 7, 8, 9], turn_ends=[2, 4, 6, 10])
     >>> kept, report = fit(ex, 8)            # turns: user 0..2, assistant 2..4, user 4..6, assistant 6..10
     >>> kept.input_ids, kept.turn_ends       # cut after the first assistant turn: the second one does not fit
     ([0, 1, 2, 3], [2, 4])
@@ -32,24 +33,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-IGNORE_INDEX = -100
-"""Label of a token that carries no loss (Hugging Face / PyTorch ``CrossEntropyLoss`` convention)."""
+from agenttuning.tokens.record import IGNORE_INDEX, TokenRecord
 
 DEFAULT_MAX_LEN = 4096
 """The paper's training context (AgentTuning §3.1): 4,096 tokens."""
 
 Policy = Literal["truncate_turns", "drop"]
 POLICIES: tuple[Policy, ...] = ("truncate_turns", "drop")
-
-
-class EncodedLike(Protocol):
-    """What this module reads from an example: the fields of :class:`agenttuning.tokens.masks.Encoded`."""
-
-    input_ids: Sequence[int]
-    labels: Sequence[int]
-    turn_ends: Sequence[int]
 
 
 @dataclass(frozen=True)
@@ -125,74 +117,74 @@ def trained_tokens(labels: Iterable[int]) -> int:
     return sum(1 for label in labels if label != IGNORE_INDEX)
 
 
-def assistant_turns(encoded: EncodedLike) -> list[bool]:
+def assistant_turns(record: TokenRecord) -> list[bool]:
     """Per turn, whether any of its tokens carries a label: the default notion of an assistant (trained) turn."""
     flags, start = [], 0
-    for end in encoded.turn_ends:
-        flags.append(any(label != IGNORE_INDEX for label in encoded.labels[start:end]))
+    for end in record.turn_ends:
+        flags.append(any(label != IGNORE_INDEX for label in record.labels[start:end]))
         start = end
     return flags
 
 
 def fit(
-    encoded: EncodedLike,
+    record: TokenRecord,
     max_len: int = DEFAULT_MAX_LEN,
     *,
     policy: Policy = "truncate_turns",
     is_assistant: Sequence[bool] | None = None,
-) -> tuple[Any | None, LengthReport]:
+) -> tuple[TokenRecord | None, LengthReport]:
     """Fit one example into ``max_len`` tokens: ``(example or None, report)``.
 
     An example of at most ``max_len`` tokens comes back unchanged (the same object). A longer one is dropped
     (``policy="drop"``), or (``"truncate_turns"``) cut to ``input_ids[:turn_ends[i]]`` for the last assistant turn
     ``i`` with ``turn_ends[i] <= max_len`` — dropped if there is none. ``is_assistant[i]`` says whether turn ``i``
-    is an assistant turn; by default a turn is one when it carries a label. The cut example is the same type as the
-    input, with ``input_ids``, ``labels`` and ``turn_ends`` shortened (see :func:`_replace`).
+    is an assistant turn; by default a turn is one when it carries a label. The cut example is a new record with
+    ``input_ids``, ``labels`` and ``turn_ends`` shortened and the rest (``id``, ``source``, ``family``) kept.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown length policy {policy!r}; expected one of {POLICIES}")
     if max_len < 1:
         raise ValueError(f"max_len must be positive, got {max_len}")
-    _validate(encoded)
-    n, trained = len(encoded.input_ids), trained_tokens(encoded.labels)
+    _validate(record)
+    n, trained = len(record.input_ids), trained_tokens(record.labels)
     report = LengthReport(policy=policy, max_len=max_len, tokens_total=n, trained_total=trained)
 
     if n <= max_len:
-        return encoded, dataclasses.replace(report, kept=1, tokens_kept=n, trained_kept=trained)
+        return record, dataclasses.replace(report, kept=1, tokens_kept=n, trained_kept=trained)
 
-    end = _cut_point(encoded, max_len, is_assistant) if policy == "truncate_turns" else None
+    end = _cut_point(record, max_len, is_assistant) if policy == "truncate_turns" else None
     if end is None:
         return None, dataclasses.replace(report, dropped=1)
-    turns = sum(1 for e in encoded.turn_ends if e <= end)
-    cut = _replace(
-        encoded,
-        input_ids=list(encoded.input_ids[:end]),
-        labels=list(encoded.labels[:end]),
-        turn_ends=list(encoded.turn_ends[:turns]),
+    turns = sum(1 for e in record.turn_ends if e <= end)
+    cut = dataclasses.replace(
+        record,
+        input_ids=list(record.input_ids[:end]),
+        labels=list(record.labels[:end]),
+        turn_ends=list(record.turn_ends[:turns]),
     )
-    kept_trained = trained_tokens(encoded.labels[:end])
+    kept_trained = trained_tokens(record.labels[:end])
     return cut, dataclasses.replace(report, cut=1, tokens_kept=end, trained_kept=kept_trained)
 
 
 def fit_all(
-    encodeds: Iterable[EncodedLike],
+    records: Iterable[TokenRecord],
     max_len: int = DEFAULT_MAX_LEN,
     policy: Policy = "truncate_turns",
     *,
     is_assistant: Sequence[Sequence[bool] | None] | None = None,
-) -> tuple[list[Any], LengthReport]:
+) -> tuple[list[TokenRecord], LengthReport]:
     """:func:`fit` over many examples: ``(surviving examples in input order, summed report)``.
 
     ``is_assistant``, if given, holds one per-turn flag list (or ``None`` to derive it) per example.
     """
-    encodeds = list(encodeds)
-    if is_assistant is not None and len(is_assistant) != len(encodeds):
-        raise ValueError(f"is_assistant has {len(is_assistant)} entries for {len(encodeds)} examples")
-    kept: list[Any] = []
+    records = list(records)
+    if is_assistant is not None and len(is_assistant) != len(records):
+        raise ValueError(f"is_assistant has {len(is_assistant)} entries for {len(records)} examples")
+    kept: list[TokenRecord] = []
     report = LengthReport(policy=policy, max_len=max_len)
-    for k, encoded in enumerate(encodeds):
+    for k, record in enumerate(records):
         flags = is_assistant[k] if is_assistant is not None else None
-        out, one = fit(encoded, max_len, policy=policy, is_assistant=flags)
+        out, one = fit(record, max_len, policy=policy, is_assistant=flags)
         report = report + one
         if out is not None:
             kept.append(out)
@@ -200,27 +192,27 @@ def fit_all(
 
 
 def compare_policies(
-    encodeds: Iterable[EncodedLike],
+    records: Iterable[TokenRecord],
     max_lens: Iterable[int] = (1024, 2048, DEFAULT_MAX_LEN),
     *,
     is_assistant: Sequence[Sequence[bool] | None] | None = None,
 ) -> dict[tuple[Policy, int], LengthReport]:
     """Reports for every policy and context length, to choose ``max_len`` knowing what each choice loses."""
-    encodeds = list(encodeds)
+    records = list(records)
     return {
-        (policy, max_len): fit_all(encodeds, max_len, policy, is_assistant=is_assistant)[1]
+        (policy, max_len): fit_all(records, max_len, policy, is_assistant=is_assistant)[1]
         for max_len in max_lens
         for policy in POLICIES
     }
 
 
-def _cut_point(encoded: EncodedLike, max_len: int, is_assistant: Sequence[bool] | None) -> int | None:
+def _cut_point(record: TokenRecord, max_len: int, is_assistant: Sequence[bool] | None) -> int | None:
     """End (exclusive) of the longest prefix that stops right after an assistant turn and fits; None if none."""
-    flags = assistant_turns(encoded) if is_assistant is None else is_assistant
-    if len(flags) != len(encoded.turn_ends):
-        raise ValueError(f"is_assistant has {len(flags)} flags for {len(encoded.turn_ends)} turns")
+    flags = assistant_turns(record) if is_assistant is None else is_assistant
+    if len(flags) != len(record.turn_ends):
+        raise ValueError(f"is_assistant has {len(flags)} flags for {len(record.turn_ends)} turns")
     best = None
-    for end, assistant in zip(encoded.turn_ends, flags, strict=True):
+    for end, assistant in zip(record.turn_ends, flags, strict=True):
         if end > max_len:
             break  # turn_ends are non-decreasing: no later turn fits either
         if assistant and end > 0:
@@ -228,42 +220,21 @@ def _cut_point(encoded: EncodedLike, max_len: int, is_assistant: Sequence[bool] 
     return best
 
 
-def _validate(encoded: EncodedLike) -> None:
-    n = len(encoded.input_ids)
-    if len(encoded.labels) != n:
-        raise ValueError(f"labels ({len(encoded.labels)}) and input_ids ({n}) differ in length")
+def _validate(record: TokenRecord) -> None:
+    n = len(record.input_ids)
+    if len(record.labels) != n:
+        raise ValueError(f"labels ({len(record.labels)}) and input_ids ({n}) differ in length")
     previous = 0
-    for end in encoded.turn_ends:
+    for end in record.turn_ends:
         if not previous <= end <= n:
-            raise ValueError(f"turn_ends must be non-decreasing within [0, {n}], got {list(encoded.turn_ends)}")
+            raise ValueError(f"turn_ends must be non-decreasing within [0, {n}], got {list(record.turn_ends)}")
         previous = end
-
-
-def _replace(encoded: Any, **changes: Any) -> Any:
-    """A copy of ``encoded`` with ``changes``: works for dataclasses, pydantic models, named tuples, plain classes.
-
-    Any other field the type may hold is copied unchanged (so a per-token or per-turn field beyond the three
-    this module knows would go stale: keep such data out of the encoded example, or cut it yourself).
-    """
-    if dataclasses.is_dataclass(encoded) and not isinstance(encoded, type):
-        return dataclasses.replace(encoded, **changes)
-    if hasattr(encoded, "model_copy"):  # pydantic v2
-        return encoded.model_copy(update=changes)
-    if hasattr(encoded, "_replace"):  # named tuple
-        return encoded._replace(**changes)
-    try:
-        return type(encoded)(**changes)
-    except TypeError:
-        copy = type(encoded).__new__(type(encoded))
-        copy.__dict__.update(vars(encoded), **changes)
-        return copy
 
 
 __all__ = [
     "DEFAULT_MAX_LEN",
     "IGNORE_INDEX",
     "POLICIES",
-    "EncodedLike",
     "LengthReport",
     "Policy",
     "assistant_turns",

@@ -1,6 +1,7 @@
 """Conversations to token ids and loss labels: the one pure function every stage uses (habit 5 of ARCHITECTURE.md).
 
-:func:`render` / :func:`render_batch` turn turns (:class:`~agenttuning.schema.Turn`) into an :class:`Encoded`:
+:func:`render` / :func:`render_batch` turn turns (:class:`~agenttuning.schema.Turn`) into a
+:class:`~agenttuning.tokens.record.TokenRecord` (the one type a tokenised example has, up to the trainer):
 ``input_ids``, ``labels`` aligned with them (``-100`` where no loss: Hugging Face's convention, the model shifts
 internally) and ``turn_ends``. AgentTuning trains only the agent's own replies: the ``loss: true`` turns of the
 AgentInstruct layout (Zeng et al., 2023, section 2.1; see :mod:`agenttuning.schema`), so:
@@ -68,9 +69,9 @@ import threading
 import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from agenttuning.tokens.record import IGNORE_INDEX, TokenRecord
 from agenttuning.tokens.templates import ChatTemplate, Markup, RenderedTemplate, Special, get_template
 
 if TYPE_CHECKING:
@@ -80,32 +81,9 @@ if TYPE_CHECKING:
 
     from agenttuning.schema import Turn
 
-__all__ = ["IGNORE_INDEX", "Encoded", "render", "render_batch", "render_text", "visualize"]
-
-#: Label of a token that carries no loss (``torch.nn.CrossEntropyLoss``'s default ``ignore_index``).
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "render", "render_batch", "render_text", "visualize"]
 
 _BATCH_CHARS = 4_000_000  # text per encode_batch call: bounds the memory of the Encoding objects
-
-
-@dataclass(frozen=True, slots=True)
-class Encoded:
-    """One conversation as tokens: ``labels[j]`` is ``input_ids[j]`` where trained, else :data:`IGNORE_INDEX`.
-
-    ``turn_ends[i]``: token index where turn ``i`` ends, exclusive (``turn_ends[-1] == len(input_ids)``).
-    """
-
-    input_ids: list[int]
-    labels: list[int]
-    turn_ends: list[int]
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    @property
-    def num_trained(self) -> int:
-        """Number of tokens that carry loss."""
-        return sum(1 for y in self.labels if y != IGNORE_INDEX)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -114,8 +92,8 @@ class Encoded:
 
 def render(
     turns: Sequence[Turn], tokenizer: PreTrainedTokenizerBase, template: ChatTemplate | str | None = None
-) -> Encoded:
-    """One conversation -> :class:`Encoded` (see the module docstring for the rules).
+) -> TokenRecord:
+    """One conversation -> :class:`TokenRecord` (see the module docstring for the rules).
 
     ``template``: a :class:`~.templates.ChatTemplate`, a shipped template's name, or None for the tokenizer's own
     chat template. ``ValueError`` for a role order the template does not allow, or a template that cannot be exact.
@@ -127,13 +105,13 @@ def render_batch(
     conversations: Sequence[Sequence[Turn]],
     tokenizer: PreTrainedTokenizerBase,
     template: ChatTemplate | str | None = None,
-) -> list[Encoded]:
+) -> list[TokenRecord]:
     """Many conversations at once: their text chunks go through ``encode_batch`` together (Rust, all cores).
 
     Same result as :func:`render` on each; a ``ValueError`` names the conversation it is about.
     """
     bound = _bind(tokenizer, template)
-    out: list[Encoded] = []
+    out: list[TokenRecord] = []
     start = 0
     while start < len(conversations):
         plans: list[list[tuple]] = []
@@ -162,7 +140,7 @@ def render_text(
     return t.render_text(turns, bos=tokenizer.bos_token, eos=tokenizer.eos_token)
 
 
-def visualize(encoded: Encoded, tokenizer: PreTrainedTokenizerBase, *, max_tokens: int | None = None) -> Text:
+def visualize(encoded: TokenRecord, tokenizer: PreTrainedTokenizerBase, *, max_tokens: int | None = None) -> Text:
     """A ``rich`` Text of the tokens: trained ones green, the rest grey, token boundaries by alternating shade;
     control tokens bold. For ``agenttuning prepare --show K``."""
     from rich.text import Text
@@ -412,7 +390,7 @@ def _first_starting_at(e: Encoding, pos: int, n: int, length: int) -> int:
     return t
 
 
-def _assemble(ops: list[tuple], encodings: list[Encoding], chunks: list[str]) -> Encoded:
+def _assemble(ops: list[tuple], encodings: list[Encoding], chunks: list[str]) -> TokenRecord:
     ids: list[int] = []
     labels: list[int] = []
     turn_ends: dict[int, int] = {}
@@ -446,4 +424,4 @@ def _assemble(ops: list[tuple], encodings: list[Encoding], chunks: list[str]) ->
                 for turn, p in marks:
                     turn_ends[turn] = base + _first_starting_at(e, p, n, length)
             ids += tids
-    return Encoded(input_ids=ids, labels=labels, turn_ends=[turn_ends[i] for i in range(len(turn_ends))])
+    return TokenRecord(input_ids=ids, labels=labels, turn_ends=[turn_ends[i] for i in range(len(turn_ends))])

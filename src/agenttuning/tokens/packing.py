@@ -7,7 +7,8 @@ padded 4,096-token batch. We pack them instead (the paper trains at 4,096 tokens
    the open bin with the *least* room that still fits it (ties: the bin opened first), else a new bin. Bins with the
    same remaining room are grouped, and the distinct remaining rooms (at most ``max_len + 1`` values) kept sorted,
    so each placement is one ``bisect`` plus one heap operation: 100k examples pack in a fraction of a second.
-2. :func:`build_rows` — a row is the concatenation of its examples' ``input_ids`` and ``labels``, with
+2. :func:`build_rows` — a row is the concatenation of its examples' (:class:`~agenttuning.tokens.record.TokenRecord`
+   s) ``input_ids`` and ``labels``, with
    ``position_ids`` restarting at 0 at every example and the per-example lengths (``seq_lens``, ``cu_seqlens``).
    This is the layout of flash-attention's varlen kernels and of Hugging Face's ``DataCollatorWithFlattening``.
    The first label of every example is set to ``-100``: with labels shifted inside the model, that label would
@@ -33,15 +34,21 @@ detector reads as the start of an unrelated sequence — it would cut every suff
 returns any 4D mask as given, skipping detection and cache-based sizing) or go through the segment kernel of
 :mod:`agenttuning.train.tree_attention`, always with ``use_cache=False``.
 
-    >>> from types import SimpleNamespace as Ex
-    >>> exs = [Ex(input_ids=[5, 6, 7], labels=[5, 6, 7]), Ex(input_ids=[8, 9], labels=[-100, 9]),
-    ...        Ex(input_ids=[1, 2, 3, 4], labels=[1, 2, 3, 4])]
+    >>> from agenttuning.tokens.record import TokenRecord
+    >>> exs = [TokenRecord([5, 6, 7], [5, 6, 7], [3]), TokenRecord([8, 9], [-100, 9], [1, 2]),
+    ...        TokenRecord([1, 2, 3, 4], [1, 2, 3, 4], [4])]
     >>> bins = pack_bfd([len(e.input_ids) for e in exs], max_len=5)
     >>> bins
     [[2], [0, 1]]
     >>> row = build_rows(exs, bins)[1]
     >>> row.input_ids, row.labels, row.position_ids, row.seq_lens, row.cu_seqlens
     ([5, 6, 7, 8, 9], [-100, 6, 7, -100, 9], [0, 1, 2, 0, 1], (3, 2), (0, 3, 5))
+
+Why a row has its own type (:class:`PackedRow`) rather than being a TokenRecord: it holds several examples, so it
+carries what only a concatenation has (``position_ids`` restarting per example, ``seq_lens``, which examples) and
+drops what only one example has (``turn_ends``: a packed row is never cut, and its examples' own ids stay with the
+records). The ``prepare`` stage writes it with :meth:`PackedRow.to_row` when ``pack=true``; the trainer never reads
+such rows (it packs its own batches, :mod:`agenttuning.train.batches`).
 """
 
 from __future__ import annotations
@@ -50,24 +57,16 @@ import bisect
 import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
-from agenttuning.tokens.length import IGNORE_INDEX
+from agenttuning.tokens.record import IGNORE_INDEX, TokenRecord
 
 if TYPE_CHECKING:
     import torch
 
-
-class TokenizedLike(Protocol):
-    """What packing reads from an example (e.g. :class:`agenttuning.tokens.masks.Encoded`)."""
-
-    input_ids: Sequence[int]
-    labels: Sequence[int]
-
-
 @dataclass(frozen=True)
 class PackedRow:
-    """One training row: examples ``example_ids`` concatenated, positions restarting at each.
+    """One training row: the records ``example_ids`` concatenated, positions restarting at each.
 
     ``labels`` are aligned with ``input_ids`` (the model shifts them); the first label of every example is ``-100``.
     """
@@ -88,6 +87,12 @@ class PackedRow:
         for n in self.seq_lens:
             out.append(out[-1] + n)
         return tuple(out)
+
+    def to_row(self) -> dict[str, Any]:
+        """The row the ``prepare`` stage writes for it (``pack=true``): ``input_ids``, ``labels``,
+        ``position_ids``, ``seq_lens``, in that order."""
+        return {"input_ids": self.input_ids, "labels": self.labels, "position_ids": self.position_ids,
+                "seq_lens": list(self.seq_lens)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -160,8 +165,8 @@ def single_bins(count: int) -> list[list[int]]:
     return [[i] for i in range(count)]
 
 
-def build_rows(encodeds: Sequence[TokenizedLike], bins: Iterable[Sequence[int]]) -> list[PackedRow]:
-    """Concatenate each bin's examples into a :class:`PackedRow` (see the module docstring for the layout)."""
+def build_rows(records: Sequence[TokenRecord], bins: Iterable[Sequence[int]]) -> list[PackedRow]:
+    """Concatenate each bin's records into a :class:`PackedRow` (see the module docstring for the layout)."""
     rows = []
     for bin_ in bins:
         input_ids: list[int] = []
@@ -169,7 +174,7 @@ def build_rows(encodeds: Sequence[TokenizedLike], bins: Iterable[Sequence[int]])
         position_ids: list[int] = []
         seq_lens = []
         for i in bin_:
-            ex = encodeds[i]
+            ex = records[i]
             n = len(ex.input_ids)
             if n == 0 or len(ex.labels) != n:
                 raise ValueError(f"example {i}: {n} input_ids and {len(ex.labels)} labels")
@@ -183,18 +188,18 @@ def build_rows(encodeds: Sequence[TokenizedLike], bins: Iterable[Sequence[int]])
 
 
 def pack(
-    encodeds: Sequence[TokenizedLike], max_len: int, *, packed: bool = True
+    records: Sequence[TokenRecord], max_len: int, *, packed: bool = True
 ) -> tuple[list[PackedRow], PackingReport]:
     """Rows for training plus their :class:`PackingReport`: BFD-packed, or one example per row (``packed=False``).
 
     Without packing, efficiency is measured against padding every row to ``max_len``.
     """
-    lengths = [len(e.input_ids) for e in encodeds]
+    lengths = [len(e.input_ids) for e in records]
     if not packed and any(n > max_len for n in lengths):
         raise ValueError(f"an example is longer than max_len={max_len}: fit it first (tokens.length.fit)")
-    bins = pack_bfd(lengths, max_len) if packed else single_bins(len(encodeds))
-    rows = build_rows(encodeds, bins)
-    report = PackingReport(packed, max_len, examples=len(encodeds), rows=len(rows), tokens=sum(lengths))
+    bins = pack_bfd(lengths, max_len) if packed else single_bins(len(records))
+    rows = build_rows(records, bins)
+    report = PackingReport(packed, max_len, examples=len(records), rows=len(rows), tokens=sum(lengths))
     return rows, report
 
 
@@ -315,7 +320,6 @@ def packed_attention_kwargs(
 __all__ = [
     "PackedRow",
     "PackingReport",
-    "TokenizedLike",
     "block_causal_mask",
     "build_rows",
     "collate_rows",

@@ -18,10 +18,10 @@ the trie laid out depth-first, each segment once. The examples' losses and gradi
   one triple of weight ``k`` (identical ``(index, target, tag)`` merged). As in :mod:`agenttuning.tokens.packing`,
   an example's first label never trains (nothing precedes it).
 
-    >>> from types import SimpleNamespace as Ex
-    >>> exs = [Ex(input_ids=[1, 2, 3, 4], labels=[-100, -100, 3, 4]),
-    ...        Ex(input_ids=[1, 2, 5], labels=[-100, -100, 5]),
-    ...        Ex(input_ids=[1, 2, 3, 4], labels=[-100, -100, 3, 4])]
+    >>> from agenttuning.tokens.record import TokenRecord
+    >>> exs = [TokenRecord([1, 2, 3, 4], [-100, -100, 3, 4], [2, 4]),
+    ...        TokenRecord([1, 2, 5], [-100, -100, 5], [2, 3]),
+    ...        TokenRecord([1, 2, 3, 4], [-100, -100, 3, 4], [2, 4])]
     >>> t = tree_layout(exs)
     >>> t.input_ids, t.position_ids, len(t), t.tokens
     ([1, 2, 3, 4, 5], [0, 1, 2, 3, 2], 5, 11)
@@ -36,6 +36,10 @@ the trie laid out depth-first, each segment once. The examples' losses and gradi
 whose layout fits ``max_len`` *layout* tokens, groups packed best-fit-decreasing (a row holds as many examples as
 their layout allows). Examples sharing fewer than ``min_shared`` tokens with every other are laid out side by side
 as separate roots, as :mod:`agenttuning.tokens.packing` packs them.
+
+Why a layout has its own type (:class:`TreeLayout`, with :class:`Segment` s) rather than being a TokenRecord or a
+:class:`~agenttuning.tokens.packing.PackedRow`: it holds several records merged, so a token may belong to several
+examples (its segment's), and the loss comes from explicit targets, not from labels aligned with the ids.
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agenttuning.tokens.length import IGNORE_INDEX
-from agenttuning.tokens.packing import TokenizedLike, pack_bfd
+from agenttuning.tokens.packing import pack_bfd
+from agenttuning.tokens.record import IGNORE_INDEX, TokenRecord
 
 if TYPE_CHECKING:
     import torch
@@ -147,7 +151,7 @@ class TreeLayout:
 
 
 def tree_layout(
-    examples: Sequence[TokenizedLike],
+    examples: Sequence[TokenRecord],
     *,
     tags: Sequence[int] | None = None,
     example_ids: Sequence[int] | None = None,
@@ -323,8 +327,8 @@ def tree_attention_mask(
     of its own (causal within itself). ``dtype=torch.bool`` (default; True = attend: what sdpa takes) or a float
     dtype for an additive mask (0 / the dtype's minimum: what eager attention adds to its scores).
 
-    >>> from types import SimpleNamespace as Ex
-    >>> t = tree_layout([Ex(input_ids=[1, 2, 3], labels=[1, 2, 3]), Ex(input_ids=[1, 2, 4], labels=[1, 2, 4])])
+    >>> from agenttuning.tokens.record import TokenRecord
+    >>> t = tree_layout([TokenRecord([1, 2, 3], [1, 2, 3], [3]), TokenRecord([1, 2, 4], [1, 2, 4], [3])])
     >>> tree_attention_mask([t], 5)[0, 0].int().tolist()
     [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 0, 1, 0], [0, 0, 0, 0, 1]]
     """

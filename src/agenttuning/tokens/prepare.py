@@ -5,13 +5,15 @@ rendering examples to ids and loss labels with a chat template, counting the exa
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from agenttuning.data.example import Example
-from agenttuning.tokens.masks import Encoded, render_batch
+from agenttuning.tokens.masks import render_batch
+from agenttuning.tokens.record import TokenRecord
 
 BUILTIN_TOKENIZERS = ("llama3", "mistral", "tekken")
 
@@ -32,8 +34,9 @@ def load_tokenizer_by_name(name_or_path: str) -> Any:
 
 def encode_examples(
     examples: Sequence[Example], tokenizer: Any, *, template: str | None = None
-) -> tuple[list[Encoded | None], Counter[str], str | None]:
-    """Render examples to :class:`Encoded` (one ``encode_batch`` pass over all their text).
+) -> tuple[list[TokenRecord | None], Counter[str], str | None]:
+    """Render examples to :class:`~agenttuning.tokens.record.TokenRecord` s carrying each example's ``id``,
+    ``source`` and ``family`` (one ``encode_batch`` pass over all their text).
 
     A template that cannot be used at all (unknown name, or the tokenizer's own Jinja template failing the
     exactness checks) is a ValueError with the check's message. An example the template cannot render (a role
@@ -45,17 +48,24 @@ def encode_examples(
     except ValueError as e:
         raise ValueError(f"chat template {template or '(the tokenizer own)'}: {e}") from None
     try:
-        return list(render_batch([ex.turns for ex in examples], tokenizer, template)), Counter(), None
-    except ValueError:
-        pass
-    out: list[Encoded | None] = []
+        rendered: list[TokenRecord] | None = render_batch([ex.turns for ex in examples], tokenizer, template)
+    except ValueError:  # some example is refused: render them one by one to count which
+        rendered = None
+    if rendered is not None:
+        return [_named(r, ex) for r, ex in zip(rendered, examples, strict=True)], Counter(), None
+    out: list[TokenRecord | None] = []
     dropped: Counter[str] = Counter()
     first: str | None = None
     for ex in examples:
         try:
-            out.append(render_batch([ex.turns], tokenizer, template)[0])
+            out.append(_named(render_batch([ex.turns], tokenizer, template)[0], ex))
         except ValueError as e:
             out.append(None)
             dropped["template_rejects_roles"] += 1
             first = first or f"{ex.id}: {str(e).removeprefix('conversation 0: ')}"
     return out, dropped, first
+
+
+def _named(record: TokenRecord, example: Example) -> TokenRecord:
+    """The rendered record of ``example``, named after it (what the prepare stage writes beside its tokens)."""
+    return dataclasses.replace(record, id=example.id, source=example.source, family=example.family)

@@ -23,6 +23,13 @@ communication. :func:`collate` turns a slot's rows into tensors, marking each to
 can be split into agent and general parts; for shared-prefix rows it also builds the explicit loss targets
 ``(index, token, weight)`` with each target's source, and what attention needs (the segments for
 :mod:`agenttuning.train.tree_attention`, or a 4D mask).
+
+One example is a :class:`~agenttuning.tokens.record.TokenRecord` up to here (``table.example(i)``); the types of this
+module each hold several, and exist for what only several have: :class:`Row` is a
+:class:`~agenttuning.tokens.packing.PackedRow` with the source of each of its examples, :class:`TreeRow` a
+:class:`~agenttuning.tokens.prefix_tree.TreeLayout` (its tags are the sources), both with the length and token count
+that dealing reads; :class:`GlobalBatch` is one optimizer step's rows dealt to slots with whole-batch totals (the
+loss normaliser); :class:`MicroBatch` is one forward's tensors.
 """
 
 from __future__ import annotations
@@ -33,9 +40,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from agenttuning.data.mix import MixSampler, epoch_length
-from agenttuning.tokens.length import IGNORE_INDEX
 from agenttuning.tokens.packing import PackedRow, build_rows, collate_rows, pack_bfd, single_bins
 from agenttuning.tokens.prefix_tree import TreeLayout, pack_shared, tree_attention_mask, tree_layout
+from agenttuning.tokens.record import IGNORE_INDEX, TokenRecord
 from agenttuning.train.data import AGENT, GENERAL, TokenTable
 
 if TYPE_CHECKING:
@@ -223,7 +230,8 @@ class BatchPlanner:
         )
 
 
-def shared_rows(examples: Sequence[Any], sources: Sequence[int], max_len: int, min_shared: int) -> list[TreeRow]:
+def shared_rows(examples: Sequence[TokenRecord], sources: Sequence[int], max_len: int, min_shared: int
+                ) -> list[TreeRow]:  # fmt: skip
     """Shared-prefix rows of at most ``max_len`` layout tokens (:func:`agenttuning.tokens.prefix_tree.pack_shared`)."""
     bins = pack_shared([e.input_ids for e in examples], max_len, min_shared=min_shared)
     return [TreeRow(tree_layout([examples[j] for j in b], tags=[sources[j] for j in b], example_ids=b,

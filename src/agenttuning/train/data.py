@@ -3,8 +3,11 @@
 The trainer reads *prepared* examples: token ids and labels (``-100`` where no loss), one source for agent data and
 one for general data, each a parquet or JSONL file (or a directory of them) with columns ``input_ids`` and ``labels``
 (and optionally ``turn_ends``, used to cut an over-long example after an assistant turn; see
-:mod:`agenttuning.tokens.length`). They are held flat in memory (:class:`TokenTable`: one int32 array of ids, one
-of labels, offsets), so a million examples cost no Python objects.
+:mod:`agenttuning.tokens.length`). Each row is read as the prepare stage wrote it, by
+:meth:`TokenRecord.from_row <agenttuning.tokens.record.TokenRecord.from_row>` (the ``id``, ``source`` and ``family``
+columns are not read: the source is the file's, agent or general). The fitted records are then held flat in memory
+(:class:`TokenTable`: one int32 array of ids, one of labels, one of turn ends, offsets), so a million examples cost
+no Python objects; ``table.example(i)`` gives a :class:`~agenttuning.tokens.record.TokenRecord` back.
 
 Each source is split once into train and a held-out eval slice (``eval_fraction`` of *both* sources, chosen by a
 seeded shuffle), so agent and general losses can be followed as two curves — the trade-off hybrid tuning is about.
@@ -13,18 +16,21 @@ How the training examples become batches is :mod:`agenttuning.train.batches`.
 
 from __future__ import annotations
 
+import gc
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
-from agenttuning.data.rows import data_files, iter_rows
+from agenttuning.data.rows import data_files, iter_rows, located
 from agenttuning.jsonl import RecordError
-from agenttuning.tokens.length import IGNORE_INDEX, LengthReport, fit
+from agenttuning.tokens.length import POLICIES, LengthReport, fit
+from agenttuning.tokens.record import IGNORE_INDEX, PACKED_COLUMNS, TokenRecord
 
 AGENT, GENERAL = 0, 1
 SOURCE_NAMES = ("agent", "general")
@@ -36,11 +42,19 @@ SOURCE_NAMES = ("agent", "general")
 
 @dataclass(frozen=True)
 class TokenTable:
-    """Examples stored flat: example ``i`` is ``ids[offsets[i]:offsets[i + 1]]`` (and the same slice of labels)."""
+    """Many :class:`~agenttuning.tokens.record.TokenRecord` s stored flat: record ``i`` has the ids
+    ``ids[offsets[i]:offsets[i + 1]]`` (and that slice of labels) and the turn ends
+    ``turn_ends[turn_offsets[i]:turn_offsets[i + 1]]`` (relative to its own start, as in the record).
+
+    A columnar store, not another record type: the batch planner draws records by index (:meth:`example`) and reads
+    every length at once (:attr:`lengths`) without a Python object per example.
+    """
 
     ids: np.ndarray
     labels: np.ndarray
     offsets: np.ndarray
+    turn_ends: np.ndarray
+    turn_offsets: np.ndarray
     name: str = ""
 
     def __len__(self) -> int:
@@ -50,22 +64,18 @@ class TokenTable:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def example(self, i: int) -> SimpleNamespace:
-        """Example ``i`` as lists (what :func:`agenttuning.tokens.packing.build_rows` reads)."""
+    def example(self, i: int) -> TokenRecord:
+        """Record ``i``, as lists (what packing and prefix sharing read)."""
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-        return SimpleNamespace(input_ids=self.ids[a:b].tolist(), labels=self.labels[a:b].tolist())
+        c, d = int(self.turn_offsets[i]), int(self.turn_offsets[i + 1])
+        return TokenRecord(self.ids[a:b].tolist(), self.labels[a:b].tolist(), self.turn_ends[c:d].tolist())
 
     def subset(self, indices: Sequence[int]) -> TokenTable:
-        """The examples ``indices``, in that order."""
+        """The records ``indices``, in that order."""
         idx = np.asarray(indices, dtype=np.int64)
-        lengths = self.lengths[idx]
-        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        if len(idx):
-            take = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx])
-        else:
-            take = np.zeros(0, dtype=np.int64)
-        return TokenTable(self.ids[take], self.labels[take], offsets, self.name)
+        take, offsets = _gather(self.offsets, idx)
+        turns, turn_offsets = _gather(self.turn_offsets, idx)
+        return TokenTable(self.ids[take], self.labels[take], offsets, self.turn_ends[turns], turn_offsets, self.name)
 
     @property
     def tokens(self) -> int:
@@ -81,12 +91,34 @@ class TokenTable:
         return int(self.ids.max()) if len(self.ids) else -1
 
     @staticmethod
-    def from_lists(ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], name: str = "") -> TokenTable:
-        lengths = np.array([len(x) for x in ids], dtype=np.int64)
-        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        flat = lambda xs: np.fromiter((v for x in xs for v in x), dtype=np.int64, count=int(offsets[-1]))
-        return TokenTable(flat(ids).astype(np.int32), flat(labels).astype(np.int32), offsets, name)
+    def from_records(records: Sequence[TokenRecord], name: str = "") -> TokenTable:
+        """The table of ``records``, in order (their ``id``, ``source`` and ``family`` are not kept)."""
+        offsets = _offsets([len(r.input_ids) for r in records])
+        turn_offsets = _offsets([len(r.turn_ends) for r in records])
+        n, t = int(offsets[-1]), int(turn_offsets[-1])
+        return TokenTable(_flat((r.input_ids for r in records), n), _flat((r.labels for r in records), n), offsets,
+                          _flat((r.turn_ends for r in records), t), turn_offsets, name)  # fmt: skip
+
+
+def _flat(lists: Iterator[Sequence[int]], count: int) -> np.ndarray:
+    """``lists`` concatenated into one int32 array of ``count`` values."""
+    return np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=count).astype(np.int32)
+
+
+def _offsets(lengths: Sequence[int]) -> np.ndarray:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(np.asarray(lengths, dtype=np.int64), out=offsets[1:])
+    return offsets
+
+
+def _gather(offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat positions of the runs ``idx`` of an offsets-indexed array, and the offsets of those runs."""
+    new = _offsets(np.diff(offsets)[idx])
+    if len(idx):
+        take = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in idx])
+    else:
+        take = np.zeros(0, dtype=np.int64)
+    return take, new
 
 
 @dataclass(frozen=True)
@@ -103,31 +135,35 @@ class LoadReport:
         return {"source": self.source, "files": self.files, "untrained_dropped": self.untrained, **length}
 
 
-def _read_file(path: Path) -> tuple[list[Any], list[Any], list[Any] | None]:
-    """``(input_ids, labels, turn_ends or None)`` columns of one prepared file."""
+def _read_records(path: Path) -> Iterator[tuple[int, str, TokenRecord]]:
+    """``(line, where, record)`` for each row of one prepared file, read by :meth:`TokenRecord.from_row`.
+
+    Parquet: only the token columns are read (column-wise, fast); a RecordError names the file and row of a row that
+    is not one example (a packed file is refused at its first row).
+    """
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        schema = pq.read_schema(path)
-        missing = [c for c in ("input_ids", "labels") if c not in schema.names]
+        names = pq.read_schema(path).names
+        missing = [c for c in ("input_ids", "labels") if c not in names]
         if missing:
             raise RecordError(path, 1, f"missing column(s) {missing}: expected prepared examples (input_ids, labels)")
-        cols = ["input_ids", "labels"] + (["turn_ends"] if "turn_ends" in schema.names else [])
+        cols = [c for c in ("input_ids", "labels", "turn_ends", *PACKED_COLUMNS) if c in names]
         table = pq.read_table(path, columns=cols)
-        out = [table.column(c).to_pylist() for c in cols]
-        return out[0], out[1], out[2] if len(out) > 2 else None
-    ids, labels, ends = [], [], []
-    for _, where, row in iter_rows(path):
-        if not isinstance(row, dict) or "input_ids" not in row or "labels" not in row:
-            raise RecordError(path, int(where.split()[-1]), "expected an object with input_ids and labels")
-        if "position_ids" in row or "seq_lens" in row:
-            # a packed row holds several examples: read as one, they would attend to each other
-            raise RecordError(path, int(where.split()[-1]), "packed rows: prepare training data with --no-pack "
-                              "(the trainer packs its own batches from the eta-mixture)")
-        ids.append(row["input_ids"])
-        labels.append(row["labels"])
-        ends.append(row.get("turn_ends"))
-    return ids, labels, ends if any(e is not None for e in ends) else None
+        columns = [table.column(c).to_pylist() for c in cols]
+        rows: Iterator[tuple[int, str, Any]] = (
+            (k, f"row {k}", dict(zip(cols, values, strict=True))) for k, values in enumerate(zip(*columns), 1)
+        )
+    else:
+        rows = iter_rows(path)
+    for line, where, row in rows:
+        try:
+            record = TokenRecord.from_row(row)
+        except ValueError as e:
+            raise located(path, line, where, str(e)) from None
+        if not record.input_ids:
+            raise located(path, line, where, "input_ids and labels must be non-empty")
+        yield line, where, record
 
 
 def load_token_table(
@@ -136,41 +172,44 @@ def load_token_table(
     """Read prepared examples, fit them to ``max_len`` and drop those with nothing to train.
 
     Examples of at most ``max_len`` tokens are kept as they are; longer ones are cut after their last assistant turn
-    that fits (``policy="truncate_turns"``, only where a ``turn_ends`` column says where turns end) or dropped.
+    that fits (``policy="truncate_turns"``, only where a ``turn_ends`` column says where turns end: a row without
+    one is a single turn, which cannot be cut) or dropped (:func:`agenttuning.tokens.length.fit`).
     """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown length policy {policy!r}; expected one of {POLICIES}")
     files = data_files(path)
-    ids_all: list[Any] = []
-    labels_all: list[Any] = []
+    kept: list[TokenRecord] = []
     report = LengthReport(policy=policy, max_len=max_len)  # type: ignore[arg-type]
     untrained = 0
-    for f in files:
-        ids, labels, ends = _read_file(f)
-        for k, (x, y) in enumerate(zip(ids, labels, strict=True)):
-            if x is None or y is None or len(x) != len(y) or not x:
-                raise RecordError(f, k + 1, f"row {k + 1}: input_ids and labels must be non-empty and equally long")
-            n = len(x)
-            trained_total = sum(1 for v in y if v != IGNORE_INDEX)
-            if n <= max_len:
-                report = report + LengthReport(policy, max_len, kept=1, tokens_total=n, tokens_kept=n,  # type: ignore[arg-type]
-                                               trained_total=trained_total, trained_kept=trained_total)  # fmt: skip
-            else:
-                turn_ends = ends[k] if ends is not None else None
-                if turn_ends is None:
-                    report = report + LengthReport(policy, max_len, dropped=1, tokens_total=n,  # type: ignore[arg-type]
-                                                   trained_total=trained_total)  # fmt: skip
-                    continue
-                kept, one = fit(SimpleNamespace(input_ids=x, labels=y, turn_ends=turn_ends), max_len, policy=policy)  # type: ignore[arg-type]
+    with _collector_paused():
+        for f in files:
+            for line, where, record in _read_records(f):
+                try:
+                    fitted, one = fit(record, max_len, policy=policy)  # type: ignore[arg-type]
+                except ValueError as e:  # turn_ends that do not fit the tokens
+                    raise located(f, line, where, str(e)) from None
                 report = report + one
-                if kept is None:
+                if fitted is None:
                     continue
-                x, y = kept.input_ids, kept.labels
-            if not any(v != IGNORE_INDEX for v in y[1:]):
-                untrained += 1
-                continue
-            ids_all.append(x)
-            labels_all.append(y)
-    table = TokenTable.from_lists(ids_all, labels_all, name)
+                if not any(v != IGNORE_INDEX for v in fitted.labels[1:]):
+                    untrained += 1
+                    continue
+                kept.append(fitted)
+        table = TokenTable.from_records(kept, name)
     return table, LoadReport(name, [str(f) for f in files], report, untrained)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while rows are read: reading allocates lists of ints by the hundred
+    thousand (no cycle among them), and each collection would walk all their items again for nothing."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def split_eval(n: int, fraction: float, seed: int, name: str) -> tuple[list[int], list[int]]:
@@ -206,7 +245,7 @@ class Sources:
 
 
 def _empty(name: str) -> TokenTable:
-    return TokenTable(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(1, np.int64), name)
+    return TokenTable.from_records([], name)
 
 
 def load_sources(

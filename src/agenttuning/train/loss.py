@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from agenttuning.tokens.length import IGNORE_INDEX
+from agenttuning.tokens.record import IGNORE_INDEX
 
 DEFAULT_CHUNK = 1024
 

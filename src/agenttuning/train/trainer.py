@@ -222,10 +222,9 @@ def check_sharing(loss_model: Any, sources: Sources, mode: str, device: Any, rto
     The probe: the first 48 tokens of a training example, every next token trained, twice (identical: a weight-2
     target), and a third that leaves it after 32 tokens (a branch). Eval mode; call on every process at once.
     """
-    from types import SimpleNamespace
-
     from agenttuning.tokens.packing import build_rows
     from agenttuning.tokens.prefix_tree import tree_layout
+    from agenttuning.tokens.record import TokenRecord
     from agenttuning.train.batches import Row
 
     table = sources.train[AGENT] if len(sources.train[AGENT]) else sources.train[GENERAL]
@@ -236,7 +235,7 @@ def check_sharing(loss_model: Any, sources: Sources, mode: str, device: Any, rto
     other = ids[:32] + ids[32:][::-1]
     if other == ids:
         other = ids[:32] + [ids[0]] * 16
-    exs = [SimpleNamespace(input_ids=x, labels=list(x)) for x in (ids, ids, other)]
+    exs = [TokenRecord(x, list(x), [len(x)]) for x in (ids, ids, other)]
     was_training = loss_model.training
     loss_model.eval()
     try:
