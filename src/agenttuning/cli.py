@@ -68,15 +68,26 @@ def envs() -> None:
     console.print(t)
 
 
-@app.command()
+tasks_app = typer.Typer(help="Show an environment's tasks, or import a task set (agenttuning tasks import ...).",
+                        invoke_without_command=True)
+app.add_typer(tasks_app, name="tasks")
+
+
+@tasks_app.callback()
 @_friendly
 def tasks(
-    env: Annotated[str, typer.Option(help="Environment name or versioned id.")],
+    ctx: typer.Context,
+    env: Annotated[str | None, typer.Option(help="Environment name or versioned id.")] = None,
     split: Annotated[str, typer.Option(help="train or test.")] = "test",
     n: Annotated[int | None, typer.Option("-n", help="Show the first N tasks.")] = None,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Print tasks as JSONL (for --tasks FILE).")] = False,
 ) -> None:
-    """Show an environment's tasks."""
+    """Show an environment's tasks (--env), or import a task set: agenttuning tasks import KIND SOURCE --out FILE."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if env is None:
+        raise ValueError("say which environment's tasks to show (--env NAME), or import: agenttuning tasks import "
+                         "KIND SOURCE --out FILE")
     from agenttuning.envs.base import get
 
     items = get(env).tasks(_split(split))[:n]
@@ -90,6 +101,33 @@ def tasks(
     for t in items:
         table.add_row(t.id, t.instruction)
     console.print(table)
+
+
+@tasks_app.command("import")
+@_friendly
+def tasks_import(
+    kind: Annotated[str, typer.Argument(help="What SOURCE is: agentbench-db (an AgentBench DB task file).")],
+    source: Annotated[Path, typer.Argument(help="The task file (JSON lines, or a .json list).")],
+    out: Annotated[Path, typer.Option(help="Task JSONL to write (replaced), for --tasks FILE or the environment.")],
+    split: Annotated[str, typer.Option(help="The split every task goes to: train or test.")] = "test",
+    test_percent: Annotated[int | None, typer.Option(help="Instead: about this share in test, the rest in train.")] = None,
+    require_gold: Annotated[bool, typer.Option(help="Leave out questions whose gold query misses their label.")] = False,
+) -> None:
+    """Import another benchmark's task file as our tasks; report every task left out, and why."""
+    from agenttuning.data.outputs import EmptyOutputError
+    from agenttuning.jsonl import write_atomic
+
+    if kind != "agentbench-db":
+        raise ValueError(f"unknown task set kind {kind!r} (known: agentbench-db)")
+    from agenttuning.envs.agentbench.db import ENV_ID, import_agentbench_db
+
+    report = import_agentbench_db(source, split=_split(split), test_percent=test_percent, require_gold=require_gold)
+    console.print(report.summary(), highlight=False, soft_wrap=True)
+    if not report.tasks:
+        raise EmptyOutputError(f"{source}: no task could be imported")
+    write_atomic(out, report.tasks)
+    console.print(f"[dim]{len(report.tasks)} tasks → {out}; run them: agenttuning rollout --env {ENV_ID} "
+                  f"--tasks {out}[/]")
 
 
 @app.command()

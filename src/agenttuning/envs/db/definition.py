@@ -86,19 +86,24 @@ class DbDefinition(EnvDefinition[DbPayload]):
 
     def adversarial_actions(self, task: Task) -> list[str]:
         """Generic garbage, then SQL that destroys, shadows, runs away or asks for unbounded memory."""
-        def op(sql: str) -> str:
-            return f"Operation\n```sql\n{sql}\n```"
+        return super().adversarial_actions(task) + adversarial_sql(list(data.SCHEMA), "countries")
 
-        tables = list(data.SCHEMA)
-        return super().adversarial_actions(task) + [
-            *(op(f"CREATE TEMP VIEW {t} AS SELECT * FROM main.{t} WHERE 0;") for t in tables),  # shadow
-            *(op(f"DELETE FROM {t};") for t in tables),
-            *(op(f"DROP TABLE {t};") for t in tables),
-            op("WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r;"),
-            op("SELECT printf('%.*c', 2147483647, 'x');"),
-            op("SELECT hex(zeroblob(400000)) LIKE '%' || hex(zeroblob(20000)) || '1%';"),
-            op("CREATE TABLE junk AS WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) "
-               "SELECT randomblob(90000) AS b FROM r;"),
-            op("SELECT 1 \x00; DROP TABLE countries;"),
-            "Answer\nFinal Answer: " + "[" * 100_000,
-        ]
+
+def adversarial_sql(tables: list[str], some_table: str) -> list[str]:
+    """Operations that destroy, shadow, run away or ask for unbounded memory, on ``tables`` (SQL names, quoted where
+    they need it; ``some_table`` one of them): the ``db`` family's probes, for any family whose actions are SQL."""
+    def op(sql: str) -> str:
+        return f"Operation\n```sql\n{sql}\n```"
+
+    return [
+        *(op(f"CREATE TEMP VIEW {t} AS SELECT * FROM main.{t} WHERE 0;") for t in tables),  # shadow
+        *(op(f"DELETE FROM {t};") for t in tables),
+        *(op(f"DROP TABLE {t};") for t in tables),
+        op("WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r;"),
+        op("SELECT printf('%.*c', 2147483647, 'x');"),
+        op("SELECT hex(zeroblob(400000)) LIKE '%' || hex(zeroblob(20000)) || '1%';"),
+        op("CREATE TABLE junk AS WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) "
+           "SELECT randomblob(90000) AS b FROM r;"),
+        op(f"SELECT 1 \x00; DROP TABLE {some_table};"),
+        "Answer\nFinal Answer: " + "[" * 100_000,
+    ]

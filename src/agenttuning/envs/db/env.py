@@ -154,8 +154,7 @@ class DbEnv(EpisodeEnv[DbPayload]):
             sql = first_statement(block.group(1))
             if not sql.strip(" ;\n\t"):
                 return self.invalid("the ```sql``` block is empty")
-            assert self._conn is not None
-            observation, failed = run_statement(self._conn, sql, stop=self._stop)
+            observation, failed = self.run_sql(sql)
             return StepResult(observation, info={"sql": sql, "error": failed})
         if word in ("answer", "final answer"):
             text = grading.answer_text(action)
@@ -164,6 +163,12 @@ class DbEnv(EpisodeEnv[DbPayload]):
             return self._grade(text)
         shown = action.splitlines()[0][:40] if action else ""
         return self.invalid(f"unknown action {shown!r}; use 'Operation' with a ```sql``` block or 'Answer'")
+
+    def run_sql(self, sql: str) -> tuple[str, bool]:
+        """Run the agent's statement on the episode's database: (observation, failed); never raises. A family
+        built on this one (:mod:`agenttuning.envs.agentbench.db`) overrides it, and :meth:`_grade`."""
+        assert self._conn is not None
+        return run_statement(self._conn, sql, stop=self._stop)
 
     def _grade(self, text: str) -> StepResult:
         assert self._conn is not None

@@ -158,31 +158,43 @@ def take_refusal() -> str | None:
 _caps: tuple[int, int] | None = None
 
 
+def growth_caps(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Page caps for ``main`` and ``temp`` that let ``conn``'s database grow by at most :data:`MAX_GROWTH_BYTES`."""
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = conn.execute("PRAGMA main.page_count").fetchone()[0]
+    return pages + MAX_GROWTH_BYTES // page_size, MAX_GROWTH_BYTES // page_size
+
+
 def _page_caps(conn: sqlite3.Connection) -> tuple[int, int]:
     """Page caps for ``main`` and ``temp`` (every copy is of the same image, so measured once per process)."""
     global _caps
     if _caps is None:
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        pages = conn.execute("PRAGMA main.page_count").fetchone()[0]
-        _caps = pages + MAX_GROWTH_BYTES // page_size, MAX_GROWTH_BYTES // page_size
+        _caps = growth_caps(conn)
     return _caps
 
 
-def guarded_copy() -> tuple[sqlite3.Connection, Authorizer]:
-    """A fresh private copy of the database with every guard installed."""
-    conn = data.open_copy()
+def install_guards(conn: sqlite3.Connection, page_caps: tuple[int, int] | None = None) -> Authorizer:
+    """Every guard on ``conn`` (a private database the agent may change): the limits, the bounded ``printf``, the
+    growth caps (``page_caps``, or :func:`growth_caps` of its database as it is now) and the authorizer, installed
+    last; returns the authorizer. Whatever the episode needs to set up (tables, rows) is done before."""
     for name, value in LIMITS.items():
         if hasattr(sqlite3, name):
             conn.setlimit(getattr(sqlite3, name), value)
     for name in ("printf", "format"):
         conn.create_function(name, -1, safe_printf, deterministic=True)
     # set before the authorizer, which refuses these PRAGMAs to the agent
-    main_pages, temp_pages = _page_caps(conn)
+    main_pages, temp_pages = page_caps or growth_caps(conn)
     conn.execute(f"PRAGMA main.max_page_count = {main_pages}")
     conn.execute(f"PRAGMA temp.max_page_count = {temp_pages}")
     authorizer = Authorizer()
     conn.set_authorizer(authorizer)
-    return conn, authorizer
+    return authorizer
+
+
+def guarded_copy() -> tuple[sqlite3.Connection, Authorizer]:
+    """A fresh private copy of the database with every guard installed."""
+    conn = data.open_copy()
+    return conn, install_guards(conn, _page_caps(conn))
 
 
 class Budget:
