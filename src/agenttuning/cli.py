@@ -242,6 +242,11 @@ def check(
     defs = [get(e) for e in env] if env else available()
     failed = False
     for d in defs:
+        reason = d.unavailable_reason()
+        if reason is not None:  # cannot run episodes here: not a pass (exit 1), said plainly
+            err.print(f"[bold red]{d.id} cannot run on this machine:[/] {reason}", highlight=False)
+            failed = True
+            continue
         report = check_env(d, max_tasks=max_tasks)
         t = Table(title=f"conformance: {d.id}", header_style="bold")
         t.add_column("check")

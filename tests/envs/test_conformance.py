@@ -15,6 +15,8 @@ from tests.toy_env import LookupDefinition, LookupEnv
 
 @pytest.mark.parametrize("definition", available(), ids=lambda d: d.id)
 def test_every_registered_environment_conforms(definition):
+    if definition.unavailable_reason() is not None:  # e.g. os without bubblewrap: said, not counted as passing
+        pytest.skip(f"{definition.id} cannot run here: {definition.unavailable_reason()}")
     report = check_env(definition)
     assert report.passed, [(r.name, r.detail) for r in report.failures()]
     assert [r.name for r in report.results] == [

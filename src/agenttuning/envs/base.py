@@ -309,6 +309,13 @@ class EnvDefinition(ABC, Generic[PayloadT]):
         return hashlib.sha256(blob).hexdigest()[:16]
 
     # --- episodes ------------------------------------------------------------------------------------------
+    def unavailable_reason(self) -> str | None:
+        """Why this family cannot run episodes on this machine (a missing system tool, say), or None when it can.
+
+        Listing, tasks and prompts work either way; the conformance tests skip an unavailable family with this reason.
+        """
+        return None
+
     def make(self) -> Environment:
         """A fresh environment instance for one episode: ``env_class(self)`` (a family whose instances are not an
         :class:`EpisodeEnv` overrides this instead)."""

@@ -70,6 +70,12 @@ class OsDefinition(EnvDefinition[OsPayload]):
         ]
 
     # --- episodes ------------------------------------------------------------------------------------------
+    def unavailable_reason(self) -> str | None:
+        """The sandbox's requirements (bubblewrap, root, cgroup v1, ...) not met here, if any."""
+        from agenttuning.envs.os.sandbox import unavailable_reason
+
+        return unavailable_reason()
+
     def expert(self, task: Task, history: list[Turn]) -> str:
         """Run the reference solution in one command, then answer (a question) or finish (a change)."""
         payload = self.payload(task)
