@@ -106,7 +106,7 @@ def tasks(
 @tasks_app.command("import")
 @_friendly
 def tasks_import(
-    kind: Annotated[str, typer.Argument(help="What SOURCE is: agentbench-db (an AgentBench DB task file).")],
+    kind: Annotated[str, typer.Argument(help="What SOURCE is: agentbench-db (an AgentBench DB task file) or agentbench-os (an AgentBench OS task file, or a directory of them).")],
     source: Annotated[Path, typer.Argument(help="The task file (JSON lines, or a .json list).")],
     out: Annotated[Path, typer.Option(help="Task JSONL to write (replaced), for --tasks FILE or the environment.")],
     split: Annotated[str, typer.Option(help="The split every task goes to: train or test.")] = "test",
@@ -117,11 +117,17 @@ def tasks_import(
     from agenttuning.data.outputs import EmptyOutputError
     from agenttuning.jsonl import write_atomic
 
-    if kind != "agentbench-db":
-        raise ValueError(f"unknown task set kind {kind!r} (known: agentbench-db)")
-    from agenttuning.envs.agentbench.db import ENV_ID, import_agentbench_db
+    if kind == "agentbench-db":
+        from agenttuning.envs.agentbench.db import ENV_ID, import_agentbench_db
 
-    report = import_agentbench_db(source, split=_split(split), test_percent=test_percent, require_gold=require_gold)
+        report: Any = import_agentbench_db(source, split=_split(split), test_percent=test_percent,
+                                           require_gold=require_gold)
+    elif kind == "agentbench-os":  # a task file, or a directory of them; each task is run in the sandbox first
+        from agenttuning.envs.agentbench.os_tasks import ENV_ID, import_agentbench_os  # type: ignore[assignment]
+
+        report = import_agentbench_os(source, split=_split(split), test_percent=test_percent)
+    else:
+        raise ValueError(f"unknown task set kind {kind!r} (known: agentbench-db, agentbench-os)")
     console.print(report.summary(), highlight=False, soft_wrap=True)
     if not report.tasks:
         raise EmptyOutputError(f"{source}: no task could be imported")
