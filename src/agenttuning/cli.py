@@ -138,6 +138,32 @@ def tasks_import(
 
 @app.command()
 @_friendly
+def instruct(
+    teacher: Annotated[str, typer.Option(help="The teacher: openai:MODEL (any OpenAI-compatible endpoint).")],
+    out: Annotated[Path, typer.Option(help="Output folder: tasks.jsonl (for --tasks), rejections.jsonl, stats.json.")],
+    env: Annotated[str, typer.Option(help="The environment to write tasks for (db).")] = "db",
+    n: Annotated[int, typer.Option("-n", help="Tasks to ask the teacher for in all (kept: only those that verify).")] = 100,
+    base_url: Annotated[str | None, typer.Option(help="The teacher's API root, e.g. http://127.0.0.1:8000/v1.")] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key (default $OPENAI_API_KEY); never written to disk.")] = None,
+    per_request: Annotated[int, typer.Option(help="Tasks asked for in one request.")] = 10,
+    seed: Annotated[int, typer.Option(help="Picks each request's seed tasks; the teacher's sampling seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder that holds no earlier output.")] = False,
+) -> None:
+    """Self-instruct: a teacher writes new tasks; only those that parse, run, are solved by their own reference
+    solution, fail a wrong answer, and are new (not near any existing or test task) are kept. See docs/instruct.md."""
+    from agenttuning.stages.instruct import InstructConfig, run
+
+    config = InstructConfig(env=env, teacher=teacher, base_url=base_url, n=n, per_request=per_request, seed=seed)
+    result = run(config, out, api_key=api_key, overwrite=overwrite)
+    t = _metric_table(f"instruct → {out}")
+    t.add_row("asked / drafted / kept", f"{n} / {result.drafts} / {result.kept}")
+    for reason, count in sorted({**result.rejected, **result.rejected_replies}.items()):
+        t.add_row(f"rejected · {reason}", str(count))
+    console.print(t)
+
+
+@app.command()
+@_friendly
 def rollout(
     env: Annotated[str, typer.Option(help="Environment name or versioned id.")],
     out: Annotated[Path, typer.Option(help="Output trajectory JSONL (appended to, one line per episode).")],
