@@ -1,0 +1,102 @@
+"""One ``household`` episode: a TextWorld cooking game, played one admissible command at a time.
+
+The agent's action is one command, written as the game lists it (``go north``, ``take knife from table``). Only a
+command among the game's admissible commands at that moment reaches the game; anything else (an unknown verb, a
+megabyte of text, a NUL byte) gets the invalid-action feedback and uses a turn, as ALFWorld's "Nothing happens."
+does. ``give up`` ends the game as lost. Winning the game ends the episode with reward 1; losing it (eating or
+wrongly preparing an ingredient the recipe needs) ends it with reward 0; TextWorld's partial score is in ``info``.
+Observations are the game's text without TextWorld's ASCII-art banner and prompt line, then the admissible
+commands, cut to bounded sizes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from agenttuning.envs.base import EpisodeEnv, StepResult
+from agenttuning.envs.household.games import HouseholdPayload, ensure_game
+from agenttuning.schema import Task
+
+if TYPE_CHECKING:
+    from agenttuning.envs.household.definition import HouseholdDefinition
+
+MAX_COMMAND_CHARS = 200  # far above any admissible command; longer text is refused before it is looked at
+MAX_FEEDBACK_CHARS = 4000
+MAX_COMMANDS_CHARS = 3000
+GIVE_UP = "give up"
+_LETTER = re.compile(r"[A-Za-z]")
+
+
+def clean_feedback(text: str) -> str:
+    """The game's text without TextWorld's decoration: lines with no letter (the ASCII-art banner, rules) are
+    dropped, the text stops at the ``>`` prompt line (which carries the status bar), blank runs are collapsed.
+
+    >>> clean_feedback("\\n  ___ \\n | $$ |\\n\\nYou are hungry!\\n\\n-= Kitchen =-\\nA room.\\n\\n>   -= Kitchen =-0/1")
+    'You are hungry!\\n\\n-= Kitchen =-\\nA room.'
+    """
+    lines: list[str] = []
+    for line in text.split("\n"):
+        if line.startswith(">"):
+            break
+        lines.append(line.rstrip() if _LETTER.search(line) else "")
+    out = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    return out[:MAX_FEEDBACK_CHARS]
+
+
+def normalise_command(action: str) -> str:
+    """The command as compared with the admissible ones: first line, lower case, single spaces, no final period."""
+    first = action.split("\n", 1)[0]
+    return " ".join(first.lower().split()).rstrip(".")
+
+
+def commands_text(commands: list[str]) -> str:
+    """The admissible commands line shown after each observation (bounded)."""
+    text = "AVAILABLE COMMANDS: " + ", ".join(commands)
+    return text if len(text) <= MAX_COMMANDS_CHARS else text[: MAX_COMMANDS_CHARS - 4] + " ..."
+
+
+class HouseholdEnv(EpisodeEnv[HouseholdPayload]):
+    """An episode of one generated cooking game (generated on first use; cached on disk)."""
+
+    definition: HouseholdDefinition
+
+    def __init__(self, definition: HouseholdDefinition):
+        super().__init__(definition)
+        self._game: Any = None  # textworld's environment
+        self._admissible: list[str] = []
+
+    def start(self, task: Task, payload: HouseholdPayload) -> str:
+        import textworld
+
+        path = ensure_game(payload, self.definition.cache_dir)
+        infos = textworld.EnvInfos(admissible_commands=True, won=True, lost=True, score=True, max_score=True)
+        game = textworld.start(str(path), request_infos=infos)
+        self._game = game
+        state = game.reset()
+        self._admissible = sorted(state["admissible_commands"] or [])
+        return f"{clean_feedback(state.feedback)}\n\n{commands_text(self._admissible)}"
+
+    def act(self, action: str) -> StepResult:
+        assert self._game is not None
+        if len(action) > MAX_COMMAND_CHARS:
+            return self.invalid(f"the command is longer than {MAX_COMMAND_CHARS} characters")
+        command = normalise_command(action)
+        if command == GIVE_UP:
+            return self.final(0.0, False, "You gave up; the game is lost.", command=command)
+        if command not in self._admissible:
+            return self.invalid(f"{command[:80]!r} is not one of the available commands")
+        state, score, done = self._game.step(command)
+        info = {"score": int(score), "max_score": int(state["max_score"]), "command": command}
+        feedback = clean_feedback(state.feedback)
+        if state["won"]:
+            return self.final(1.0, True, feedback or "You won.", **info)
+        if state["lost"] or done:
+            return self.final(0.0, False, feedback or "You lost.", **info)
+        self._admissible = sorted(state["admissible_commands"] or [])
+        return StepResult(f"{feedback}\n\n{commands_text(self._admissible)}", 0.0, info=info)
+
+    def release(self) -> None:
+        game, self._game = self._game, None
+        if game is not None:
+            game.close()
