@@ -12,6 +12,7 @@ from agenttuning.jsonl import read_records
 from agenttuning.policies.base import PolicyError
 from agenttuning.policies.baselines import ExpertPolicy, WrongPolicy
 from agenttuning.rollout.engine import EpisodeLimits, rollout, run_episode
+from agenttuning.envs.base import StepResult
 from agenttuning.schema import Trajectory, conversation
 from tests.toy_env import LookupDefinition, Scripted
 
@@ -52,6 +53,21 @@ def test_repeated_action_three_times_ends_as_failure():
     env = LookupDefinition()
     t = episode(env, Scripted(["Thought: again\nAction: lookup x"]), max_turns=10)
     assert t.end_reason == "repeated_action" and len(t.steps) == 3 and not t.success
+
+
+def test_the_same_action_with_changing_observations_is_not_a_loop():
+    """Walking "go east" through three rooms moves; only the same action with the same result three times is stuck."""
+    from tests.toy_env import LookupEnv
+
+    class Walk(LookupEnv):
+        def act(self, action: str) -> StepResult:
+            return StepResult(f"You are in room {self.turns}.") if action == "go east" else super().act(action)
+
+    class WalkDefinition(LookupDefinition):
+        env_class = Walk
+
+    t = episode(WalkDefinition(), Scripted(["Thought: on\nAction: go east"]), max_turns=5)
+    assert t.end_reason == "max_turns" and len(t.steps) == 5
 
 
 def test_env_truncation_is_not_termination():

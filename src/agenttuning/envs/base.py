@@ -244,6 +244,9 @@ class EnvDefinition(ABC, Generic[PayloadT]):
     description: str = ""
     max_turns: int = 10  # the family's default turn budget for an episode
     held_out: bool = False  # declare the family held-out for evaluation, whatever the training data holds
+    # the conformance *test* checks only the first N test tasks of a family whose tasks cost seconds each to set up
+    # (household generates a game per task); `agenttuning check` always checks every one. None: every one.
+    test_sample: int | None = None
     env_class: type[EpisodeEnv[PayloadT]]  # what make() builds for an episode
 
     @property

@@ -318,7 +318,9 @@ async def run_episode(
                 return "done", total_reward, success, None
             if result.truncated:
                 return "env_truncated", total_reward, False, None
-            recent = [s.action for s in ep.steps[-limits.max_repeats :] if not s.parse_error]
+            # a loop: the same action *and* the same observation (an agent walking "go east" through three rooms
+            # is moving; one resending a query and getting the same rows is stuck)
+            recent = [(s.action, s.observation) for s in ep.steps[-limits.max_repeats :] if not s.parse_error]
             if limits.max_repeats > 0 and len(recent) == limits.max_repeats and len(set(recent)) == 1:
                 return "repeated_action", total_reward, False, None
         return "max_turns", total_reward, False, None

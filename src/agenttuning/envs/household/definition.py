@@ -82,6 +82,7 @@ class HouseholdDefinition(EnvDefinition[HouseholdPayload]):
 
     name = "household"
     version = 1
+    test_sample = 4  # the conformance test plays one game per level; `agenttuning check` plays all 100
     description = "Cook and eat a meal in a generated text-adventure house (TextWorld cooking games; ALFWorld-style)."
     # ALFWorld's episodes allow 50 steps; the walkthroughs here are 5 to about 25 commands, so 50 is at least twice
     # the longest expert episode and leaves room to explore

@@ -11,6 +11,8 @@ commands, cut to bounded sizes.
 
 from __future__ import annotations
 
+import threading
+
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,7 @@ from agenttuning.schema import Task
 if TYPE_CHECKING:
     from agenttuning.envs.household.definition import HouseholdDefinition
 
+_TEXTWORLD_LOCK = threading.Lock()
 MAX_COMMAND_CHARS = 200  # far above any admissible command; longer text is refused before it is looked at
 MAX_FEEDBACK_CHARS = 4000
 MAX_COMMANDS_CHARS = 3000
@@ -71,9 +74,10 @@ class HouseholdEnv(EpisodeEnv[HouseholdPayload]):
 
         path = ensure_game(payload, self.definition.cache_dir)
         infos = textworld.EnvInfos(admissible_commands=True, won=True, lost=True, score=True, max_score=True)
-        game = textworld.start(str(path), request_infos=infos)
-        self._game = game
-        state = game.reset()
+        with _TEXTWORLD_LOCK:  # TextWorld's game loading (its grammar parser) is not thread-safe: one at a time
+            game = textworld.start(str(path), request_infos=infos)
+            self._game = game
+            state = game.reset()
         self._admissible = sorted(state["admissible_commands"] or [])
         return f"{clean_feedback(state.feedback)}\n\n{commands_text(self._admissible)}"
 
@@ -84,9 +88,12 @@ class HouseholdEnv(EpisodeEnv[HouseholdPayload]):
         command = normalise_command(action)
         if command == GIVE_UP:
             return self.final(0.0, False, "You gave up; the game is lost.", command=command)
-        if command not in self._admissible:
+        # compared normalised on both sides (the game lists e.g. "cook carrot with BBQ"), sent as the game listed it
+        listed = {normalise_command(c): c for c in self._admissible}.get(command)
+        if listed is None:
             return self.invalid(f"{command[:80]!r} is not one of the available commands")
-        state, score, done = self._game.step(command)
+        with _TEXTWORLD_LOCK:  # the step re-checks the game's logic with the same shared parser
+            state, score, done = self._game.step(listed)
         info = {"score": int(score), "max_score": int(state["max_score"]), "command": command}
         feedback = clean_feedback(state.feedback)
         if state["won"]:
