@@ -489,16 +489,9 @@ class AgentBenchDbDefinition(EnvDefinition[AgentBenchDbPayload]):
     def derive_tasks(self) -> dict[str, list[Task]]:
         """The tasks of the task file (``tasks_file``, else :data:`TASKS_ENV`), by their ``split``; without a file,
         the built-in sample."""
-        from agenttuning.jsonl import read_records
+        from agenttuning.envs.agentbench.task_files import imported_tasks
 
-        path = self.tasks_file or os.environ.get(TASKS_ENV) or None
-        if path is None:
-            return sample_tasks()
-        tasks = read_records(path, Task)
-        foreign = [t.id for t in tasks if t.env != self.id]
-        if foreign:
-            raise ValueError(f"{path}: tasks {foreign[:3]} belong to another environment than {self.id}")
-        return {s: [t for t in tasks if t.split == s] for s in ("train", "test")}
+        return imported_tasks(self.tasks_file, TASKS_ENV, self.id, sample_tasks)
 
     # --- prompts -------------------------------------------------------------------------------------------
     @property

@@ -207,16 +207,9 @@ class AgentBenchOsDefinition(OsDefinition):
     def derive_tasks(self) -> dict[str, list[Task]]:
         """The tasks of the task file (``tasks_file``, else :data:`TASKS_ENV`), by their ``split``; without a file,
         the built-in sample."""
-        from agenttuning.jsonl import read_records
+        from agenttuning.envs.agentbench.task_files import imported_tasks
 
-        path = self.tasks_file or os.environ.get(TASKS_ENV) or None
-        if path is None:
-            return os_sample_tasks()
-        tasks = read_records(path, Task)
-        foreign = [t.id for t in tasks if t.env != self.id]
-        if foreign:
-            raise ValueError(f"{path}: tasks {foreign[:3]} belong to another environment than {self.id}")
-        return {s: [t for t in tasks if t.split == s] for s in ("train", "test")}
+        return imported_tasks(self.tasks_file, TASKS_ENV, self.id, os_sample_tasks)
 
     def expert(self, task: Task, history: list[Turn]) -> str:  # type: ignore[override]
         """A match task: the match string at once. A check task: the example, then its output as the answer
