@@ -595,8 +595,11 @@ def pipeline(
     ctx: typer.Context,
     config: Annotated[str, typer.Argument(help="Pipeline YAML, or 'default' for the embedded CPU demo.")] = "default",
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+    until: Annotated[str | None, typer.Option(help="Stop after this stage (e.g. construction: the data only); "
+                                              "no report then.")] = None,
 ) -> None:
-    """tasks → rollout → filter → decontaminate → prepare → mix → train → eval → report; done stages are skipped.
+    """(instruct →) tasks → rollout → filter → construction → decontaminate → prepare → mix → train → eval → report;
+    done stages are skipped.
 
     Extra arguments override config keys: ``agenttuning pipeline cfg.yaml mix.eta=0.5 out=runs/x``.
     """
@@ -605,15 +608,18 @@ def pipeline(
     _library_progress(progress)
     config, overrides = _config_and_overrides(config, list(ctx.args))
     cfg = load_pipeline_config(config, overrides)
-    _print_run(run_pipeline(cfg, console=err, progress=progress))
+    _print_run(run_pipeline(cfg, console=err, progress=progress, until=until))
 
 
 def _print_run(run: Any) -> None:
     """What ``pipeline`` and ``sweep`` print at the end: the stages, the headline, where the report is."""
-    from agenttuning.pipeline.run import headline_console_table, stages_table
+    from agenttuning.pipeline.run import construction_console_table, headline_console_table, stages_table
 
     console.print(stages_table(run))
-    console.print(headline_console_table(run))
+    if "construction" in run.records:
+        console.print(construction_console_table(run))
+    if {"eval-base", "eval-tuned"} <= set(run.records):
+        console.print(headline_console_table(run))
     if run.report is not None:
         console.print(f"report: [bold]{run.out / 'report' / 'report.html'}[/] (and report.md, trajectories.html)")
 

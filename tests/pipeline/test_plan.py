@@ -16,7 +16,7 @@ def _changed(a: dict[str, str], b: dict[str, str]) -> set[str]:
 def test_plan_is_deterministic_and_in_order() -> None:
     keys = _keys()
     assert keys == _keys()
-    assert list(keys) == ["tasks", "rollout", "filter", "decontaminate", "general", "tokenizer", "model", "prepare", "mix",
+    assert list(keys) == ["tasks", "rollout", "filter", "construction", "decontaminate", "general", "tokenizer", "model", "prepare", "mix",
                           "train", "eval-base", "eval-tuned"]
 
 
@@ -26,7 +26,7 @@ def test_changing_eta_changes_only_mix_train_and_tuned_eval() -> None:
 
 def test_unfiltered_keeps_the_base_model_and_its_evaluation() -> None:
     changed = _changed(_keys(), _keys("filter.enabled=false"))
-    assert changed == {"filter", "decontaminate", "prepare", "mix", "train", "eval-tuned"}
+    assert changed == {"filter", "construction", "decontaminate", "prepare", "mix", "train", "eval-tuned"}
 
 
 def test_teacher_and_training_changes_flow_downstream() -> None:
@@ -41,3 +41,14 @@ def test_teacher_and_training_changes_flow_downstream() -> None:
 def test_an_hf_model_skips_the_tokenizer_stage() -> None:
     keys = _keys("model.name=some-org/some-chat-model")  # a hub id: a missing local path fails at load
     assert "tokenizer" not in keys and "model" in keys
+
+
+def test_self_instruct_adds_the_instruct_stage_and_changes_only_the_agent_data_side() -> None:
+    run = "tasks.self_instruct=[{env: db, teacher: 'openai:m', base_url: 'http://127.0.0.1:9/v1', n: 4}]"
+    keys = _keys(run)
+    assert list(keys)[:2] == ["instruct", "tasks"]
+    changed = _changed(_keys(), keys)
+    assert {"instruct", "tasks", "rollout", "filter", "construction", "decontaminate", "train"} <= changed
+    assert "general" not in changed
+    # the teacher's tasks are addressed by what was asked: another n is another instruct stage
+    assert _keys(run.replace("n: 4", "n: 5"))["instruct"] != keys["instruct"]

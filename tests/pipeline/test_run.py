@@ -34,7 +34,7 @@ def first(tmp_path_factory: pytest.TempPathFactory):
 
 def test_every_stage_runs_and_the_report_reads_their_files(first) -> None:
     out, run = first
-    assert run.ran() == ["tasks", "rollout", "filter", "decontaminate", "general", "tokenizer", "model", "prepare", "mix",
+    assert run.ran() == ["tasks", "rollout", "filter", "construction", "decontaminate", "general", "tokenizer", "model", "prepare", "mix",
                          "train", "eval-base", "eval-tuned", "report"]
     for rec in run.records.values():
         manifest = json.loads((rec.dir / "manifest.json").read_text())

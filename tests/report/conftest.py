@@ -100,6 +100,15 @@ def files(tmp_path_factory) -> Files:
         prepare.run(rows, [root / "general.json"], tok, root / "prepared-general")
         mixed = mix.run(mix.MixConfig(eta=0.2, n=20), root / "prepared-agent", root / "prepared-general", root / "mix")
         assert built.dropped["test_id"] == 2 and mixed.n == 20
+        from agenttuning.data.construction import construction_table
+        from agenttuning.stages.filter import read_trajectories
+
+        trajs = read_trajectories(teachers)
+        # the first two db tasks stand for self-instructed ones (10 drafts asked for, 2 verified)
+        mine = {t.id for t in db.tasks("train")[:2]}
+        table = construction_table([t.task for t in trajs], trajs, read_trajectories(root / "kept"),
+                                   {"db-v1": (10, 2)}, mine)  # fmt: skip
+        (root / "construction.json").write_text(table.model_dump_json(), encoding="utf-8")
 
     general = {"base": _general(root / "base-general.json", 2.31, 0.125),
                "tuned": _general(root / "tuned-general.json", 2.35, 0.109)}  # fmt: skip
@@ -108,6 +117,7 @@ def files(tmp_path_factory) -> Files:
         agent=agent,
         general=general,
         data_stats=root / "agentinstruct" / "stats.json",
+        construction=root / "construction.json",
         mix=root / "mix" / "metrics.json",
         train_metrics=_train_metrics(root / "metrics.jsonl"),
         teacher_trajectories=teachers,

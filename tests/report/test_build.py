@@ -21,7 +21,7 @@ from agenttuning.report import (
 from agenttuning.report.build import PLOTS
 
 ALL_SECTIONS = ("## Headline", "## Notes", "## General abilities", "## Mixture ratio (eta) sweep", "## Data",
-                "### Teacher rollouts", "### Filtering and decontamination", "### Mixture", "## Training",
+                "### AgentInstruct construction (Table 1 of the paper)", "### Teacher rollouts", "### Filtering and decontamination", "### Mixture", "## Training",
                 "## Trajectories", "## Provenance")  # fmt: skip
 
 
@@ -39,6 +39,13 @@ def test_full_report(built, files):
     stats = json.loads(files.inputs.data_stats.read_text())
     total = next(r for r in stats["envs"] if r["env"] == "all")
     assert f"| all | {total['total']} | {total['kept']} |" in md
+    # the construction table: each source apart, the totals agree with the filter's
+    construction = json.loads(files.inputs.construction.read_text())["rows"]
+    si = next(r for r in construction if r["source"] == "self-instruct")
+    assert (si["env"], si["instructions"], si["verified"]) == ("db-v1", 10, 2)
+    assert f"| db-v1 | self-instruct | 10 | 2 | {si['trajectories']} | {si['kept']} |" in md
+    everything = construction[-1]
+    assert (everything["trajectories"], everything["kept"]) == (total["total"], total["kept"])
     assert f"leaving **{stats['decontam']['kept']}** for training" in md and "test_id 2" in md
     assert "> Scripted policies stand in for models" in md
     assert "| general data | 12 arithmetic chats written by the test |" in md

@@ -29,6 +29,7 @@ from agenttuning.config import ConfigError, load
 from agenttuning.policies.specs import PolicySpecField
 from agenttuning.stages.decontaminate import DecontaminateConfig
 from agenttuning.stages.filter import FilterConfig
+from agenttuning.stages.instruct import InstructConfig
 from agenttuning.stages.mix import MixConfig
 from agenttuning.stages.prepare import PrepareConfig
 from agenttuning.train.config import TrainConfig
@@ -63,6 +64,16 @@ class TeacherConfig(_Section):
     n: int | None = Field(None, ge=1, description="Tasks per environment (None: all).")
     concurrency: int = Field(8, ge=1)
     max_turns: int | None = Field(None, ge=1, description="None: each environment's own budget.")
+
+
+class TasksConfig(_Section):
+    """Where the teacher's tasks come from: each environment's derived tasks (``teacher.envs``, ``teacher.split``,
+    ``teacher.n``), plus tasks a teacher model writes and the ``instruct`` stage verifies (AgentTuning §2.1)."""
+
+    self_instruct: list[InstructConfig] = Field(default_factory=list, description="Self-instruct runs, each the "
+                                                "``agenttuning instruct`` config (env, teacher, base_url, n, ...); "
+                                                "their verified tasks join that environment's train tasks. The API "
+                                                "key comes from $OPENAI_API_KEY.")  # fmt: skip
 
 
 class GeneralConfig(_Section):
@@ -126,6 +137,7 @@ class PipelineConfig(_Section):
     name: str = "agenttuning"
     out: str = "runs/pipeline"
     teacher: TeacherConfig = TeacherConfig()
+    tasks: TasksConfig = TasksConfig()
     filter: FilterConfig = Field(default_factory=lambda: FilterConfig(min_reward=1.0),
                                  description="The filter stage (agenttuning.stages.filter).")
     decontaminate: DecontaminateConfig = DecontaminateConfig()
@@ -256,6 +268,33 @@ def _check_envs(cfg: PipelineConfig, where: str) -> None:
                 base.get(name)
             except KeyError as e:
                 raise PipelineConfigError(f"{where}: {key}: {e.args[0]}") from None
+    _check_self_instruct(cfg, where)
+
+
+def _check_self_instruct(cfg: PipelineConfig, where: str) -> None:
+    """Each self-instruct run names a family that has a self-instruct module and that the teacher collects in (its
+    tasks join that family's train tasks), with an ``openai:MODEL`` teacher."""
+    from agenttuning.envs import base
+    from agenttuning.stages.instruct import FAMILIES
+
+    collected = {base.get(name).name for name in cfg.teacher.envs}
+    for i, run in enumerate(cfg.tasks.self_instruct):
+        key = f"tasks.self_instruct[{i}]"
+        try:
+            family = base.get(run.env).name
+        except KeyError as e:
+            raise PipelineConfigError(f"{where}: {key}.env: {e.args[0]}") from None
+        if family not in FAMILIES:
+            raise PipelineConfigError(f"{where}: {key}.env: {run.env!r} has no self-instruct module (supported: "
+                                      f"{', '.join(sorted(FAMILIES))})")  # fmt: skip
+        if family not in collected:
+            raise PipelineConfigError(f"{where}: {key}.env: {run.env!r} is not in teacher.envs, so its tasks would "
+                                      "never be played; add it there")  # fmt: skip
+        if cfg.teacher.split != "train":
+            raise PipelineConfigError(f"{where}: {key}: self-instructed tasks are train tasks, but teacher.split is "
+                                      f"{cfg.teacher.split!r}")  # fmt: skip
+        if not run.teacher.startswith("openai:") or run.teacher == "openai:":
+            raise PipelineConfigError(f"{where}: {key}.teacher: {run.teacher!r} must be 'openai:MODEL'")
 
 
 def _check_model(model: ModelConfig, where: str) -> None:

@@ -32,9 +32,10 @@ from agenttuning.pipeline.config import PipelineConfig
 from agenttuning.stages.manifest import Manifest
 from agenttuning.pipeline.stages import STAGES, Stage, StageContext, StageRecord
 
-__all__ = ["PipelineRun", "PlannedStage", "plan", "run_pipeline", "run_sweep", "sweep_variants"]
+__all__ = ["PipelineRun", "PlannedStage", "construction_console_table", "plan", "run_pipeline", "run_sweep",
+           "sweep_variants"]
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: the construction table
 LOCK_FILE = ".lock"
 _held: dict[Path, int] = {}  # run folders locked by this process -> the thread holding each
 
@@ -134,8 +135,15 @@ def _link(link: Path, target: Path) -> None:
 
 
 def run_pipeline(config: PipelineConfig, *, console: Console | None = None, progress: bool = True,
-                 report: bool = True, sweep: list[Any] | None = None) -> PipelineRun:  # fmt: skip
-    """Run (or find done) every stage of ``config``, then the report; see the module docstring."""
+                 report: bool = True, sweep: list[Any] | None = None, until: str | None = None) -> PipelineRun:  # fmt: skip
+    """Run (or find done) every stage of ``config``, then the report; see the module docstring.
+
+    ``until`` names a stage to stop after (say ``construction``: build the AgentInstruct data only); no report then.
+    """
+    stages = plan(config)
+    names = [p.stage.name for p in stages]
+    if until is not None and until not in names:
+        raise ValueError(f"until: {until!r} is not a stage of this run (its stages: {', '.join(names)})")
     console = console or Console(stderr=True)
     _quiet_transformers()
     t0 = time.perf_counter()
@@ -143,10 +151,12 @@ def run_pipeline(config: PipelineConfig, *, console: Console | None = None, prog
     out.mkdir(parents=True, exist_ok=True)
     with run_lock(out):
         records: dict[str, StageRecord] = {}
-        for p in plan(config):
+        for p in stages:
             records[p.stage.name] = _run_stage(p, config, records, console, progress)
+            if p.stage.name == until:
+                break
         run = PipelineRun(config, out, records, sweep=list(sweep or []))
-        if report:
+        if report and until is None:
             run.report = _report(run, console)
             _link(out / "report", run.report)
         run.seconds = time.perf_counter() - t0
@@ -203,6 +213,7 @@ def report_inputs(run: PipelineRun) -> Any:
         agent={k: v for k, v in agent.items() if v is not None},
         general=general,
         data_stats=path("decontaminate", "stats"),
+        construction=path("construction", "construction"),
         mix=path("mix", "metrics"),
         train_metrics=path("train", "metrics"),
         teacher_trajectories=[rollout.dir / f for f in rollout.result["files"]],
@@ -265,6 +276,21 @@ def stages_table(run: PipelineRun) -> Table:
     for name, r in run.records.items():
         style = "green" if r.status == "ran" else "dim"
         t.add_row(name, f"[{style}]{r.status}[/]", f"{r.seconds:.1f}" if r.status == "ran" else "-", str(r.dir))
+    return t
+
+
+def construction_console_table(run: PipelineRun) -> Table:
+    """The construction table (the paper's Table 1) of the run, as the report has it."""
+    from agenttuning.report.inputs import load_construction
+
+    rec = run.records["construction"]
+    table = load_construction(rec.dir / rec.result["construction"])
+    t = Table(title="AgentInstruct construction", header_style="bold")
+    for col in ("env", "tasks from", "instructions", "verified", "trajectories", "kept", "mean turns", "keep ratio"):
+        t.add_column(col, justify="left" if col in ("env", "tasks from") else "right")
+    for r in table.rows:
+        t.add_row(r.env, r.source, str(r.instructions), str(r.verified), str(r.trajectories), str(r.kept),
+                  f"{r.mean_turns:.1f}", f"{r.keep_ratio:.1%}", style="bold" if r.env == "all" else None)  # fmt: skip
     return t
 
 

@@ -53,7 +53,7 @@ class StageContext:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Agent data: tasks -> rollout -> filter -> decontaminate
+# Agent data: (instruct) -> tasks -> rollout -> filter -> (construction) -> decontaminate
 
 
 def _teacher_envs(cfg: PipelineConfig) -> list[Any]:
@@ -62,21 +62,57 @@ def _teacher_envs(cfg: PipelineConfig) -> list[Any]:
     return [base.get(name) for name in cfg.teacher.envs]
 
 
+def instruct_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    from agenttuning.envs import base
+
+    runs = [run.model_dump(mode="json") for run in cfg.tasks.self_instruct]
+    envs = [{"id": d.id, "prompt_hash": d.prompt_hash} for d in (base.get(r.env) for r in cfg.tasks.self_instruct)]
+    test = [{"id": d.id, "prompt_hash": d.prompt_hash} for d in base.available()]  # novelty is checked against these
+    return {"runs": runs, "envs": envs, "against": test}
+
+
+def run_instruct(ctx: StageContext) -> dict[str, Any]:
+    """Self-instruct (§2.1): each ``tasks.self_instruct`` run of :func:`agenttuning.stages.instruct.run`, in its own
+    folder ``<i>-<env>/``; the teacher's API key comes from ``$OPENAI_API_KEY``."""
+    from agenttuning.stages import instruct as stage
+
+    runs = []
+    for i, config in enumerate(ctx.config.tasks.self_instruct):
+        folder = f"{i:02d}-{config.env}"
+        result = stage.run(config, ctx.dir / folder)
+        ctx.console.print(f"instruct · {result.env}: asked {result.asked}, drafted {result.drafts}, "
+                          f"kept {result.kept}", highlight=False)  # fmt: skip
+        runs.append({"dir": folder, **result.model_dump(mode="json")})
+    return {"runs": runs}
+
+
+def instructed_tasks(rec: StageRecord) -> list[Any]:
+    """Every task the instruct stage kept, run by run."""
+    from agenttuning.jsonl import read_records
+    from agenttuning.schema import Task
+
+    return [t for r in rec.result["runs"] for t in read_records(rec.dir / r["dir"] / r["tasks"], Task)]
+
+
 def tasks_settings(cfg: PipelineConfig) -> dict[str, Any]:
     envs = [{"id": d.id, "prompt_hash": d.prompt_hash} for d in _teacher_envs(cfg)]
     return {"envs": envs, "split": cfg.teacher.split, "n": cfg.teacher.n}
 
 
 def run_tasks(ctx: StageContext) -> dict[str, Any]:
-    """Task derivation: each environment's tasks of the split, written out so the run records what it asked."""
+    """Task derivation (the first ``teacher.n`` of each environment's split), then any self-instructed tasks of the
+    same environment, written out so the run records what it asked."""
     from agenttuning.jsonl import write_atomic
 
     t = ctx.config.teacher
+    extra = instructed_tasks(ctx.inputs["instruct"]) if "instruct" in ctx.inputs else []
     files: dict[str, Any] = {}
     for d in _teacher_envs(ctx.config):
-        tasks = d.tasks(t.split)[: t.n] if t.n else d.tasks(t.split)
-        write_atomic(ctx.dir / f"{d.id}.jsonl", [task.model_dump(mode="json") for task in tasks])
-        files[d.id] = {"file": f"{d.id}.jsonl", "n": len(tasks)}
+        derived = d.tasks(t.split)[: t.n] if t.n else d.tasks(t.split)
+        instructed = [task for task in extra if task.env == d.id]
+        write_atomic(ctx.dir / f"{d.id}.jsonl", [task.model_dump(mode="json") for task in derived + instructed])
+        files[d.id] = {"file": f"{d.id}.jsonl", "n": len(derived) + len(instructed), "derived": len(derived),
+                       "self_instruct": len(instructed)}  # fmt: skip
     return {"envs": files}
 
 
@@ -138,6 +174,27 @@ def run_decontaminate(ctx: StageContext) -> StageResult:
     from agenttuning.stages import decontaminate as stage
 
     return stage.run(ctx.config.decontaminate, [ctx.inputs["filter"].dir], ctx.dir)
+
+
+def run_construction(ctx: StageContext) -> dict[str, Any]:
+    """The construction table (Table 1 of the paper) of this run: :func:`agenttuning.data.construction.construction_table`
+    over the tasks, the teacher's trajectories and the kept ones; ``construction.json``."""
+    from agenttuning.data.construction import construction_table, instructed_counts
+    from agenttuning.jsonl import read_records, write_text_atomic
+    from agenttuning.schema import Task
+    from agenttuning.stages.filter import read_trajectories
+
+    tasks_rec, rollout_rec, filter_rec = ctx.inputs["tasks"], ctx.inputs["rollout"], ctx.inputs["filter"]
+    tasks = [t for info in tasks_rec.result["envs"].values() for t in read_records(tasks_rec.dir / info["file"], Task)]
+    instruct = ctx.inputs.get("instruct")
+    runs = instruct.result["runs"] if instruct is not None else []
+    table = construction_table(
+        tasks, read_trajectories([rollout_rec.dir / f for f in rollout_rec.result["files"]]),
+        read_trajectories(filter_rec.dir / filter_rec.result["kept"]), instructed_counts(runs),
+        {t.id for t in instructed_tasks(instruct)} if instruct is not None else set(),
+    )  # fmt: skip
+    write_text_atomic(ctx.dir / "construction.json", table.model_dump_json(indent=2) + "\n")
+    return {"construction": "construction.json", "rows": len(table.rows)}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -435,9 +492,11 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("tasks", (), tasks_settings, run_tasks),
+    Stage("instruct", (), instruct_settings, run_instruct, when=lambda cfg: bool(cfg.tasks.self_instruct)),
+    Stage("tasks", ("instruct",), tasks_settings, run_tasks),
     Stage("rollout", ("tasks",), rollout_settings, run_rollout, resumable=True),
     Stage("filter", ("rollout",), filter_settings, run_filter),
+    Stage("construction", ("instruct", "tasks", "rollout", "filter"), lambda cfg: {}, run_construction),
     Stage("decontaminate", ("filter",), decontaminate_settings, run_decontaminate),
     Stage("general", (), general_settings, run_general),
     Stage("tokenizer", ("rollout", "general"), tokenizer_settings, run_tokenizer, when=is_scratch),

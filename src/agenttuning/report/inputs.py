@@ -12,6 +12,7 @@ spec file::
     agent: {base: eval/base, tuned: eval/tuned}           # results.json files or their directories; first = before
     general: {base: eval/base-general.json, tuned: eval/tuned-general.json}
     data_stats: data/agentinstruct/stats.json
+    construction: construction/construction.json            # the construction table (Table 1 of the paper)
     mix: data/mix/metrics.json
     train_metrics: out/tuned/metrics.jsonl
     teacher_trajectories: [runs/db.jsonl]
@@ -34,6 +35,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from agenttuning.data.construction import ConstructionTable
 from agenttuning.eval.agent import RESULTS_FILE, AgentEvalResult
 from agenttuning.eval.general import GeneralEvalResult
 from agenttuning.jsonl import RecordError, iter_json, read_records
@@ -45,6 +47,7 @@ __all__ = [
     "SweepPoint",
     "TrainCurves",
     "load_agent",
+    "load_construction",
     "load_data_stats",
     "load_general",
     "load_mix",
@@ -88,6 +91,7 @@ class ReportInputs:
     agent: dict[str, Path]  # model label -> results.json (or its directory)
     general: dict[str, Path] = field(default_factory=dict)  # model label -> GeneralEvalResult.to_dict() JSON
     data_stats: Path | None = None  # stats.json of the decontaminate stage (filter + decontamination)
+    construction: Path | None = None  # construction.json (agenttuning.data.construction): Table 1 of the paper
     mix: Path | None = None  # metrics.json of the mix stage
     train_metrics: Path | None = None  # metrics.jsonl of the training run
     teacher_trajectories: list[Path] = field(default_factory=list)  # teacher rollout JSONL files
@@ -182,6 +186,11 @@ def load_general(path: str | os.PathLike[str]) -> dict[str, float]:
     left out)."""
     result = _read_result(Path(path), GeneralEvalResult, "a general-eval result")
     return {k: float(v) for k, v in result.to_dict().items()}
+
+
+def load_construction(path: str | os.PathLike[str]) -> ConstructionTable:
+    """``construction.json`` (:class:`~agenttuning.data.construction.ConstructionTable`), validated."""
+    return _read_result(Path(path), ConstructionTable, "a construction table")
 
 
 def load_data_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -283,6 +292,7 @@ class ReportSpec(BaseModel):
     agent: dict[str, str]
     general: dict[str, str] = {}
     data_stats: str | None = None
+    construction: str | None = None
     mix: str | None = None
     train_metrics: str | None = None
     teacher_trajectories: list[str] = []
@@ -319,6 +329,7 @@ def load_report_inputs(path: str | os.PathLike[str]) -> ReportInputs:
             agent={k: at(v) for k, v in spec.agent.items()},
             general={k: at(v) for k, v in spec.general.items()},
             data_stats=optional(spec.data_stats),
+            construction=optional(spec.construction),
             mix=optional(spec.mix),
             train_metrics=optional(spec.train_metrics),
             teacher_trajectories=[at(t) for t in spec.teacher_trajectories],

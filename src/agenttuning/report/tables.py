@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agenttuning.data.construction import ConstructionTable
 from agenttuning.eval.score import load_normalisers, overall_report
 from agenttuning.report.document import Table
 from agenttuning.report.headline import (
@@ -32,7 +33,7 @@ from agenttuning.report.inputs import (
 )
 from agenttuning.schema import Trajectory
 
-__all__ = ["Sweep", "SweepRow", "behaviour_table", "compute_sweep", "data_table", "decontam_line", "general_table", "mix_table",
+__all__ = ["Sweep", "SweepRow", "agentinstruct_table", "behaviour_table", "compute_sweep", "data_table", "decontam_line", "general_table", "mix_table",
            "provenance_table", "sweep_table", "teacher_table", "training_table"]  # fmt: skip
 
 # the general-eval fields shown, in order: (key, label, higher is better)
@@ -128,6 +129,19 @@ def sweep_table(sweep: Sweep) -> Table:
 
 # ------------------------------------------------------------------------------------------------------------
 # Data
+
+
+def agentinstruct_table(table: ConstructionTable) -> Table:
+    """The construction table (the paper's Table 1): per family and task source, instructions -> verified tasks ->
+    trajectories -> kept, mean turns of the kept, keep ratio (the ``all`` row emphasised)."""
+    rows, emphasis = [], set()
+    for i, r in enumerate(table.rows):
+        rows.append([r.env, r.source, f"{r.instructions:,}", f"{r.verified:,}", f"{r.trajectories:,}", f"{r.kept:,}",
+                     f"{r.mean_turns:.1f}", fmt_pct(r.keep_ratio)])  # fmt: skip
+        if r.env == "all":
+            emphasis.add(i)
+    return Table(["environment", "tasks from", "instructions", "verified tasks", "trajectories", "kept",
+                  "mean turns (kept)", "keep ratio"], rows, align="llrrrrrr", emphasis=frozenset(emphasis))  # fmt: skip
 
 
 def data_table(stats: Mapping[str, Any]) -> Table:

@@ -9,8 +9,9 @@ test task (:class:`~agenttuning.data.decontam.ContaminationIndex`, plus the same
 ``tasks.jsonl`` (:class:`~agenttuning.schema.Task` records, ids ``<family>-instruct-<hash>``), ``rejections.jsonl``
 (one line per rejection, with the reason), ``stats.json`` and ``manifest.json`` last (:mod:`.folder`).
 
-Each draft is rejected for the first reason that applies, in the order of :data:`REASONS` (reply-level reasons
-count whole replies, in :data:`REPLY_REASONS`). The teacher's text is data: bounded in size, parsed with
+Each draft is rejected for the first reason that applies, in the order of :func:`reasons` (reading, then the
+family's own ``REASONS`` for running its reference solution, then grading and novelty); reply-level reasons count
+whole replies, in :data:`REPLY_REASONS`. A family's module and its interface: :mod:`agenttuning.envs.instruct`. The teacher's text is data: bounded in size, parsed with
 ``json.loads`` only, and its SQL runs only under the environment's guards. Requests are sent ``concurrency`` at a
 time; drafts are verified in request order, so the same replies give the same files.
 """
@@ -38,19 +39,17 @@ from agenttuning.schema import Task, Turn, normalise_text
 from agenttuning.stages.folder import stage_folder
 from agenttuning.stages.manifest import StageResult
 
-__all__ = ["FAMILIES", "REASONS", "REPLY_REASONS", "InstructConfig", "InstructOutput", "run"]
+__all__ = ["FAMILIES", "REPLY_REASONS", "InstructConfig", "InstructOutput", "reasons", "run"]
 
 PathLike = str | os.PathLike[str]
 TASKS, REJECTIONS, STATS = "tasks.jsonl", "rejections.jsonl", "stats.json"
-FAMILIES = {"db": "agenttuning.envs.db.instruct"}  # family name -> its self-instruct module
+#: family name -> its self-instruct module (the interface: :mod:`agenttuning.envs.instruct`)
+FAMILIES = {"db": "agenttuning.envs.db.instruct"}
+            "household": "agenttuning.envs.household.instruct"}
 REPLY_REASONS = ("request_failed", "reply_too_long", "unparsable_reply")
-REASONS = (
-    "excess", "unparsable", "too_long",  # reading the reply
-    "sql_error", "kind_mismatch", "empty_result", "too_many_rows", "unusable_result", "ambiguous_result",
-    "no_change", "no_table",  # running the reference solution (db)
-    "expert_fails", "wrong_passes",  # the environment's own grading
-    "test_contaminated", "duplicate",  # novelty
-)  # fmt: skip
+READ_REASONS = ("excess", "unparsable", "too_long")  # reading the reply
+GRADE_REASONS = ("expert_fails", "wrong_passes")  # the environment's own grading
+NOVELTY_REASONS = ("test_contaminated", "duplicate")
 _DETAIL_CHARS = 300
 
 
@@ -87,6 +86,12 @@ class InstructOutput(StageResult):
     kept: int
     rejected: dict[str, int]
     rejected_replies: dict[str, int]
+
+
+def reasons(family: ModuleType) -> tuple[str, ...]:
+    """Every reason a draft can be rejected for, in the order they are checked: reading the reply, the family's
+    own (running its reference solution), the environment's grading, novelty."""
+    return READ_REASONS + tuple(family.REASONS) + GRADE_REASONS + NOVELTY_REASONS
 
 
 def _family(definition: EnvDefinition) -> ModuleType:
@@ -232,7 +237,7 @@ def run(config: InstructConfig, out: PathLike, *, index: ContaminationIndex | No
                                    "draft": draft})  # fmt: skip
         write_atomic(w.path / TASKS, kept)
         write_atomic(w.path / REJECTIONS, rejections)
-        order = {r: n for n, r in enumerate(REASONS + REPLY_REASONS)}
+        order = {r: n for n, r in enumerate(reasons(family) + REPLY_REASONS)}
         output = InstructOutput(
             env=definition.id, requests=len(sizes), asked=config.n, drafts=drafts, kept=len(kept),
             rejected=dict(sorted(rejected.items(), key=lambda kv: order.get(kv[0], len(order)))),

@@ -29,27 +29,31 @@ import json
 import math
 import re
 import sqlite3
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from agenttuning.envs.db import data, grading
 from agenttuning.envs.db.env import pristine_hash, text_problem
 from agenttuning.envs.db.guards import STEP_BUDGET, TIME_LIMIT_S, Budget, first_statement, install_guards, take_refusal
 from agenttuning.envs.db.payload import DbPayload, Kind
 from agenttuning.envs.db.tasks import MAX_ROWS
+from agenttuning.envs.instruct import MAX_REPLY_CHARS, Rejected
+from agenttuning.envs.instruct import read_drafts as shared_read_drafts
 from agenttuning.schema import Task, Turn
 
 if TYPE_CHECKING:
     from agenttuning.envs.db.definition import DbDefinition
 
-MAX_REPLY_CHARS = 64_000  # a reply longer than this is not parsed at all
 MAX_INSTRUCTION_CHARS = 500
 MAX_SQL_CHARS = 2_000
 MAX_NEED_CHARS = 200
 TEMPLATE = "instruct"  # the payload's template name for every self-instructed task
+CAPS = {"instruction": MAX_INSTRUCTION_CHARS, "sql": MAX_SQL_CHARS, "need": MAX_NEED_CHARS}
+#: what :func:`draft_task` can reject a draft for, in the order it checks (running the reference solution)
+REASONS = ("sql_error", "kind_mismatch", "empty_result", "too_many_rows", "unusable_result", "ambiguous_result",
+           "no_change", "no_table")
 
-_FENCE = re.compile(r"\A```[ \t]*(?:json)?[ \t]*\n(.*?)\n?```\s*\Z", re.IGNORECASE | re.DOTALL)
 _CHANGE_VERB = re.compile(r"\s*(insert|replace|update|delete)\b", re.IGNORECASE)
 _SELECT_VERB = re.compile(r"\s*(select|with|values)\b", re.IGNORECASE)
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -68,13 +72,7 @@ class DbDraft(BaseModel):
     need: str | None = None  # what the expert says it needs, e.g. "the capital of France"
 
 
-class Rejected(BaseModel):
-    """Why a draft (or a whole reply) was not kept: one reason from the stage's list, and a short detail."""
-
-    model_config = ConfigDict(frozen=True)
-
-    reason: str
-    detail: str = ""
+Draft = DbDraft  # the name the stage reads
 
 
 def _seed_entry(task: Task) -> dict[str, Any]:
@@ -119,40 +117,8 @@ or currencies. Reply with a JSON array of {k} task objects and nothing else."""
 
 
 def read_drafts(text: str, limit: int) -> tuple[list[DbDraft | Rejected], Rejected | None]:
-    """The teacher's reply as drafts, each a :class:`DbDraft` or the :class:`Rejected` item it could not be
-    (``unparsable``, ``too_long``, ``excess`` beyond ``limit``); or ``([], Rejected)`` when the reply as a whole is
-    not a JSON array of objects (``unparsable_reply``) or is longer than :data:`MAX_REPLY_CHARS` (``reply_too_long``)."""
-    if len(text) > MAX_REPLY_CHARS:
-        return [], Rejected(reason="reply_too_long", detail=f"{len(text)} characters")
-    body = text.strip()
-    fenced = _FENCE.match(body)
-    if fenced:
-        body = fenced.group(1)
-    try:
-        value = json.loads(body)
-    except (ValueError, RecursionError) as e:
-        return [], Rejected(reason="unparsable_reply", detail=f"not JSON: {str(e)[:120]}")
-    if isinstance(value, dict) and set(value) == {"tasks"}:
-        value = value["tasks"]
-    if not isinstance(value, list):
-        return [], Rejected(reason="unparsable_reply", detail=f"a JSON {type(value).__name__}, not an array")
-    out: list[DbDraft | Rejected] = []
-    for i, item in enumerate(value):
-        if i >= limit:
-            out.append(Rejected(reason="excess", detail=f"item {i} beyond the {limit} asked for"))
-            continue
-        try:
-            draft = DbDraft.model_validate(item)
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(map(str, first["loc"])) or "(item)"
-            out.append(Rejected(reason="unparsable", detail=f"{where}: {first['msg']}"[:200]))
-            continue
-        too_long = [name for name, value, cap in (("instruction", draft.instruction, MAX_INSTRUCTION_CHARS),
-                                                   ("sql", draft.sql, MAX_SQL_CHARS),
-                                                   ("need", draft.need or "", MAX_NEED_CHARS)) if len(value) > cap]
-        out.append(Rejected(reason="too_long", detail=", ".join(too_long)) if too_long else draft)
-    return out, None
+    """The teacher's reply as drafts (:func:`agenttuning.envs.instruct.read_drafts` with :class:`DbDraft`)."""
+    return shared_read_drafts(text, limit, DbDraft, CAPS)
 
 
 def _plain(value: Any) -> bool:
