@@ -52,3 +52,18 @@ def test_self_instruct_adds_the_instruct_stage_and_changes_only_the_agent_data_s
     assert "general" not in changed
     # the teacher's tasks are addressed by what was asked: another n is another instruct stage
     assert _keys(run.replace("n: 4", "n: 5"))["instruct"] != keys["instruct"]
+
+
+def test_registering_a_family_redoes_an_evaluation_only_when_it_evaluates_every_family(monkeypatch) -> None:
+    from agenttuning.envs import base
+    from tests.toy_env import LookupDefinition
+
+    named, every = ("eval.envs=[db, kg]",), ("eval.envs=[all]",)
+    before = _keys(*named), _keys(*every)
+    base.available()
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    base.register(LookupDefinition())
+    after = _keys(*named), _keys(*every)
+    # its test split is new data to decontaminate against either way; evaluation changes only for 'all'
+    assert _changed(before[0], after[0]) == {"decontaminate", "prepare", "mix", "train", "eval-tuned"}
+    assert {"eval-base", "eval-tuned"} <= _changed(before[1], after[1])

@@ -412,8 +412,14 @@ def held_in_families(cfg: PipelineConfig) -> list[str]:
 def eval_settings(cfg: PipelineConfig) -> dict[str, Any]:
     from agenttuning.envs import base
 
+    from agenttuning.eval.agent import GROUP_WORDS
+
     e = cfg.eval
-    registered = [{"id": d.id, "prompt_hash": d.prompt_hash} for d in base.available()]
+    # a group word (all, held-in, held-out) evaluates every registered environment, so each one's prompt counts;
+    # named environments count alone (registering a new family does not redo an evaluation that names others)
+    named = not any(w in GROUP_WORDS for w in e.envs)
+    evaluated = [base.get(name) for name in e.envs] if named else base.available()
+    registered = [{"id": d.id, "prompt_hash": d.prompt_hash} for d in evaluated]
     return {"envs": e.envs, "registered": registered, "held_in": held_in_families(cfg), "n": e.n, "max_turns": e.max_turns,
             "max_new_tokens": e.max_new_tokens, "policy_options": e.policy_options,
             "general_n": e.general_n}  # fmt: skip
