@@ -44,7 +44,7 @@ __all__ = ["FAMILIES", "REPLY_REASONS", "InstructConfig", "InstructOutput", "rea
 PathLike = str | os.PathLike[str]
 TASKS, REJECTIONS, STATS = "tasks.jsonl", "rejections.jsonl", "stats.json"
 #: family name -> its self-instruct module (the interface: :mod:`agenttuning.envs.instruct`)
-FAMILIES = {"db": "agenttuning.envs.db.instruct"}
+FAMILIES = {"db": "agenttuning.envs.db.instruct", "os": "agenttuning.envs.os.instruct",
             "household": "agenttuning.envs.household.instruct"}
 REPLY_REASONS = ("request_failed", "reply_too_long", "unparsable_reply")
 READ_REASONS = ("excess", "unparsable", "too_long")  # reading the reply
@@ -182,10 +182,16 @@ def _verify(definition: EnvDefinition, family: ModuleType, novelty: _Novelty, dr
     made = family.draft_task(definition, draft)
     if not isinstance(made, Task):
         return made.reason, made.detail
-    if _episode_reward(definition, made, expert=True) < 1.0:
-        return "expert_fails", "the reference solution does not score 1 in the environment"
-    if _episode_reward(definition, made, expert=False) > 0.0:
-        return "wrong_passes", "the wrong answer scores"
+    try:
+        if _episode_reward(definition, made, expert=True) < 1.0:
+            return "expert_fails", "the reference solution does not score 1 in the environment"
+    except Exception as e:  # noqa: BLE001 - a task the environment cannot even start (a flaky init) is not kept
+        return "expert_fails", f"the environment failed on the task: {type(e).__name__}: {e}"
+    try:
+        if _episode_reward(definition, made, expert=False) > 0.0:
+            return "wrong_passes", "the wrong answer scores"
+    except Exception as e:  # noqa: BLE001 - likewise: never end the run
+        return "expert_fails", f"the environment failed on the task: {type(e).__name__}: {e}"
     return novelty.problem(made) or made
 
 

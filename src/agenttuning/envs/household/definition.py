@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from agenttuning.envs.base import EnvDefinition
+from agenttuning.envs.base import EnvDefinition, parse_payload
 from agenttuning.envs.derivation import stable_int
 from agenttuning.envs.household import games
 from agenttuning.envs.household.env import GIVE_UP, MAX_COMMAND_CHARS, HouseholdEnv
-from agenttuning.envs.household.games import LEVELS, HouseholdPayload
+from agenttuning.envs.household.games import LEVELS, AnyPayload, HouseholdPayload, SpecPayload
+from agenttuning.envs.household.spec import spec_thought
 from agenttuning.schema import Task, Turn
 
 _SYSTEM_PROMPT = """\
@@ -128,13 +129,21 @@ class HouseholdDefinition(EnvDefinition[HouseholdPayload]):
         """textworld (the ``household`` extra) not installed, if so."""
         return games.unavailable_reason()
 
+    def payload(self, task: Task) -> AnyPayload:  # type: ignore[override]
+        """The task's payload: a cooking game's :class:`HouseholdPayload` or a self-instructed :class:`SpecPayload`
+        (the episode validates either, as :class:`~.games.HouseholdTaskPayload`)."""
+        return parse_payload(self.env_class.payload_model, task).root  # type: ignore[attr-defined]
+
     def expert(self, task: Task, history: list[Turn]) -> str:
-        """The game's walkthrough (recorded by TextWorld's generator), one command a turn, with its reason."""
+        """The game's walkthrough (recorded by TextWorld's generator, or a spec's own), one command a turn, with its
+        reason."""
         done = sum(1 for t in history if t.role == "assistant")
-        steps = games.walkthrough(self.payload(task), self.cache_dir)
+        payload = self.payload(task)
+        steps = games.walkthrough(payload, self.cache_dir)
         if done >= len(steps):
             return f"Thought: My plan is used up without a win; I stop.\nAction: {GIVE_UP}"
-        return f"Thought: {thought_for(steps[done])}\nAction: {steps[done]}"
+        thought = spec_thought if isinstance(payload, SpecPayload) else thought_for
+        return f"Thought: {thought(steps[done])}\nAction: {steps[done]}"
 
     def wrong_answer(self, task: Task) -> str:
         return f"Thought: I will stop here.\nAction: {GIVE_UP}"

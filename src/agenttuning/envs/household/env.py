@@ -6,7 +6,8 @@ megabyte of text, a NUL byte) gets the invalid-action feedback and uses a turn, 
 does. ``give up`` ends the game as lost. Winning the game ends the episode with reward 1; losing it (eating or
 wrongly preparing an ingredient the recipe needs) ends it with reward 0; TextWorld's partial score is in ``info``.
 Observations are the game's text without TextWorld's ASCII-art banner and prompt line, then the admissible
-commands, cut to bounded sizes.
+commands, cut to bounded sizes. A self-instructed game (a spec, :mod:`.spec`) has no objective text of its own, so
+its first observation starts with the task's instruction.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from agenttuning.envs.base import EpisodeEnv, StepResult
-from agenttuning.envs.household.games import HouseholdPayload, ensure_game
+from agenttuning.envs.household.games import HouseholdTaskPayload, SpecPayload, ensure_game
 from agenttuning.schema import Task
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ _TEXTWORLD_LOCK = threading.Lock()
 MAX_COMMAND_CHARS = 200  # far above any admissible command; longer text is refused before it is looked at
 MAX_FEEDBACK_CHARS = 4000
 MAX_COMMANDS_CHARS = 3000
+MAX_TASK_CHARS = 500
 GIVE_UP = "give up"
 _LETTER = re.compile(r"[A-Za-z]")
 
@@ -59,8 +61,8 @@ def commands_text(commands: list[str]) -> str:
     return text if len(text) <= MAX_COMMANDS_CHARS else text[: MAX_COMMANDS_CHARS - 4] + " ..."
 
 
-class HouseholdEnv(EpisodeEnv[HouseholdPayload]):
-    """An episode of one generated cooking game (generated on first use; cached on disk)."""
+class HouseholdEnv(EpisodeEnv[HouseholdTaskPayload]):
+    """An episode of one generated game, a cooking game or a spec's (generated on first use; cached on disk)."""
 
     definition: HouseholdDefinition
 
@@ -69,17 +71,21 @@ class HouseholdEnv(EpisodeEnv[HouseholdPayload]):
         self._game: Any = None  # textworld's environment
         self._admissible: list[str] = []
 
-    def start(self, task: Task, payload: HouseholdPayload) -> str:
+    def start(self, task: Task, payload: HouseholdTaskPayload) -> str:
         import textworld
 
-        path = ensure_game(payload, self.definition.cache_dir)
+        game_payload = payload.root
+        path = ensure_game(game_payload, self.definition.cache_dir)
         infos = textworld.EnvInfos(admissible_commands=True, won=True, lost=True, score=True, max_score=True)
         with _TEXTWORLD_LOCK:  # TextWorld's game loading (its grammar parser) is not thread-safe: one at a time
             game = textworld.start(str(path), request_infos=infos)
             self._game = game
             state = game.reset()
         self._admissible = sorted(state["admissible_commands"] or [])
-        return f"{clean_feedback(state.feedback)}\n\n{commands_text(self._admissible)}"
+        text = f"{clean_feedback(state.feedback)}\n\n{commands_text(self._admissible)}"
+        if isinstance(game_payload, SpecPayload):  # not a cooking game: its goal is the instruction's
+            return f"This game is not a cooking game. Your task: {task.instruction[:MAX_TASK_CHARS]}\n\n{text}"
+        return text
 
     def act(self, action: str) -> StepResult:
         assert self._game is not None

@@ -10,11 +10,17 @@ a game once), writes into a temporary folder and renames it into place (so a rea
 Two things make the files byte-identical across runs and machines (the tests compare them): the child runs with
 ``PYTHONHASHSEED=0`` (TextWorld iterates over sets when it writes its rules, so a salted hash reorders them), and it
 runs inside the game's folder with a relative ``--output`` (TextWorld records the output path in the game's JSON).
+
+Self-instructed tasks carry a :class:`SpecPayload` instead (``"kind": "spec"``): a game written as data
+(:mod:`.spec`), built the same way (child process, ``PYTHONHASHSEED=0``, lock, rename) by ``GameMaker`` into
+``<cache>/tw1.7-spec-<sha256 of the spec>/``. :class:`HouseholdTaskPayload` is either kind; a cooking task's payload
+is unchanged (it has no ``kind`` key).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -24,9 +30,11 @@ import sysconfig
 import tempfile
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
+
+from agenttuning.envs.household.spec import SPEC_FILE, WorldSpec, spec_problem
 
 TEXTWORLD_VERSION = "1.7"
 GENERATE_TIMEOUT_S = 300.0  # one game takes about 4 s; generous for a loaded machine
@@ -84,6 +92,38 @@ class HouseholdPayload(BaseModel):
         return args + ["--output", GAME_FILE, "--silent", "--force"]
 
 
+MAX_WALKTHROUGH = 40  # commands; the turn budget (50) must leave room to spare
+MAX_COMMAND_CHARS = 120  # a walkthrough command (the episode refuses anything over 200)
+
+
+class SpecPayload(BaseModel):
+    """What a self-instructed ``household`` task carries: the game as a spec and the commands that win it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["spec"]
+    spec: WorldSpec
+    walkthrough: list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_COMMAND_CHARS)]] = Field(
+        min_length=1, max_length=MAX_WALKTHROUGH)
+
+    @property
+    def key(self) -> str:
+        """The cache folder's name: the generator's version and the spec's content hash (16 hex digits)."""
+        return f"tw{TEXTWORLD_VERSION}-spec-{spec_digest(self.spec)}"
+
+
+def spec_digest(spec: WorldSpec) -> str:
+    """SHA-256 (first 16 hex digits) of the spec's canonical JSON."""
+    return hashlib.sha256(spec.canonical().encode()).hexdigest()[:16]
+
+
+class HouseholdTaskPayload(RootModel[HouseholdPayload | SpecPayload]):
+    """A ``household`` task's payload, either kind (what an episode validates): ``.root`` is the payload itself."""
+
+
+AnyPayload = HouseholdPayload | SpecPayload
+
+
 def games_cache_root() -> Path:
     """``$AGENTTUNING_CACHE/household`` (default ``~/.cache/agenttuning/household``)."""
     base = os.environ.get("AGENTTUNING_CACHE") or Path.home() / ".cache" / "agenttuning"
@@ -111,13 +151,19 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def game_dir(payload: HouseholdPayload, root: Path | None = None) -> Path:
+def game_dir(payload: AnyPayload, root: Path | None = None) -> Path:
     """The game's folder in the cache (it may not exist yet: :func:`ensure_game` makes it)."""
     return (root or games_cache_root()) / payload.key
 
 
-def ensure_game(payload: HouseholdPayload, root: Path | None = None) -> Path:
-    """The path of the game's ``game.z8``, generating it first if the cache lacks it (once, under a file lock)."""
+def ensure_game(payload: AnyPayload, root: Path | None = None) -> Path:
+    """The path of the game's ``game.z8``, generating it first if the cache lacks it (once, under a file lock).
+
+    A spec that cannot be a game raises ``ValueError`` before anything runs; a failed generation, ``RuntimeError``."""
+    if isinstance(payload, SpecPayload):
+        problem = spec_problem(payload.spec)
+        if problem:
+            raise ValueError(f"household spec {payload.key}: {problem[0]}: {problem[1]}")
     folder = game_dir(payload, root)
     game = folder / GAME_FILE
     if game.is_file():
@@ -133,18 +179,27 @@ def ensure_game(payload: HouseholdPayload, root: Path | None = None) -> Path:
     return game
 
 
-def _generate(payload: HouseholdPayload, folder: Path) -> None:
-    """Run ``tw-make`` in a temporary folder beside ``folder``, then rename it into place."""
+def _generate(payload: AnyPayload, folder: Path) -> None:
+    """Run ``tw-make`` (or, for a spec, the spec builder) in a temporary folder beside ``folder``, then rename it
+    into place."""
     script = tw_make_script()
     if script is None:
         raise RuntimeError(unavailable_reason() or "tw-make not found")
     tmp = Path(tempfile.mkdtemp(prefix=f".{payload.key}.", dir=folder.parent))
     try:
         env = {**os.environ, "PYTHONHASHSEED": "0"}
-        proc = subprocess.run([sys.executable, str(script), *payload.tw_make_args()], cwd=tmp, env=env,
-                              capture_output=True, text=True, timeout=GENERATE_TIMEOUT_S)
+        if isinstance(payload, SpecPayload):
+            (tmp / SPEC_FILE).write_text(payload.spec.canonical())
+            command = [sys.executable, "-m", "agenttuning.envs.household.spec_build", SPEC_FILE]
+        else:
+            command = [sys.executable, str(script), *payload.tw_make_args()]
+        try:
+            proc = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True,
+                                  timeout=GENERATE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"generating {payload.key} ran past {GENERATE_TIMEOUT_S:.0f} s") from None
         if proc.returncode != 0 or not (tmp / GAME_FILE).is_file():
-            raise RuntimeError(f"tw-make failed for {payload.key} (exit {proc.returncode}): "
+            raise RuntimeError(f"generating {payload.key} failed (exit {proc.returncode}): "
                                f"{(proc.stderr or proc.stdout)[-800:]}")
         if folder.exists():  # a stale partial folder (no game.z8): replace it
             shutil.rmtree(folder)
@@ -153,7 +208,10 @@ def _generate(payload: HouseholdPayload, folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def walkthrough(payload: HouseholdPayload, root: Path | None = None) -> list[str]:
-    """The game's winning command sequence, as TextWorld's generator recorded it (generating the game if needed)."""
+def walkthrough(payload: AnyPayload, root: Path | None = None) -> list[str]:
+    """The game's winning command sequence: a spec's own, or as TextWorld's generator recorded it (generating the
+    game if needed)."""
+    if isinstance(payload, SpecPayload):
+        return list(payload.walkthrough)
     meta = json.loads((ensure_game(payload, root).with_suffix(".json")).read_text())["metadata"]
     return list(meta["walkthrough"])
