@@ -66,6 +66,21 @@ def test_grouping_and_selection(registry, tmp_path):
     assert r.held_in == ["db", "lookup_ho"]
 
 
+def test_a_group_word_leaves_out_a_family_that_cannot_run_here_and_says_why(registry, caplog):
+    class Missing(LookupDefinition):
+        name = "lookup_missing"
+
+        def unavailable_reason(self):
+            return "the widget is not installed"
+
+    base.register(Missing())
+    names = lambda defs: [d.name for d in defs]
+    with caplog.at_level("WARNING", logger="agenttuning.eval.agent"):
+        assert "lookup_missing" not in names(select_envs(["all"], {"db"}))
+    assert "leaves out lookup_missing-v1: the widget is not installed" in caplog.text
+    assert names(select_envs(["lookup_missing"], {"db"})) == ["lookup_missing"]  # named outright: selected
+
+
 def test_held_in_families_from_agentinstruct_data(registry, tmp_path):
     env = registry["lookup"]
     train = rollout(env, env.tasks("train")[:2], ExpertPolicy(env), tmp_path / "traj.jsonl")

@@ -35,6 +35,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from agenttuning.rollout.engine import OnResult
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "GROUP_WORDS",
@@ -193,7 +196,9 @@ def group_of(definition: EnvDefinition, held_in: set[str] | None) -> Group:
 def select_envs(envs: Sequence[str] | None, held_in: set[str] | None) -> list[EnvDefinition]:
     """Resolve names, versioned ids and group words to registered environments (first mention's order, no repeats).
 
-    ``held-in`` with no training families given is an error (it would silently select nothing).
+    ``held-in`` with no training families given is an error (it would silently select nothing). A group word
+    leaves out a family that cannot run here (:meth:`EnvDefinition.unavailable_reason`: a tool, a package or a data
+    folder missing), with a warning naming why; a family named outright is always selected.
     """
     words = list(envs) if envs else ["all"]
     chosen: dict[str, EnvDefinition] = {}
@@ -202,8 +207,13 @@ def select_envs(envs: Sequence[str] | None, held_in: set[str] | None) -> list[En
             if w == "held-in" and not held_in:
                 raise ValueError("'held-in' needs the training families: pass held_in (families or a data path)")
             for d in base.available():
-                if w == "all" or group_of(d, held_in) == w:
-                    chosen.setdefault(d.name, d)
+                if w != "all" and group_of(d, held_in) != w:
+                    continue
+                reason = d.unavailable_reason()
+                if reason is not None:
+                    _log.warning("%r leaves out %s: %s", w, d.id, reason)
+                    continue
+                chosen.setdefault(d.name, d)
         else:
             d = base.get(w)
             chosen.setdefault(d.name, d)
