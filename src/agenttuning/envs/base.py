@@ -33,6 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any, Generic, Literal, TypeVar, get_args, get_origin
 
@@ -399,7 +400,10 @@ def available() -> list[EnvDefinition]:
 
 
 def get(env_id: str) -> EnvDefinition:
-    """Look up ``name`` or ``name-vN``; asking for a version other than the registered one is an error."""
+    """Look up ``name`` or ``name-vN``; asking for a version other than the registered one is an error.
+    ``remote:URL`` is a family served over HTTP (see :mod:`agenttuning.envs.remote`), imported only when named."""
+    if env_id.startswith("remote:"):  # by module name: this module imports no environment
+        return import_module("agenttuning.envs.remote").definition_for(env_id)
     _load_entry_points()
     m = _ID.match(env_id)
     if not m or m["name"] not in _REGISTRY:
