@@ -106,7 +106,7 @@ def tasks(
 @tasks_app.command("import")
 @_friendly
 def tasks_import(
-    kind: Annotated[str, typer.Argument(help="What SOURCE is: agentbench-db (an AgentBench DB task file) or agentbench-os (an AgentBench OS task file, or a directory of them).")],
+    kind: Annotated[str, typer.Argument(help="What SOURCE is: agentbench-db (an AgentBench DB task file), agentbench-os (an AgentBench OS task file, or a directory of them) or alfworld (ALFWorld's data folder).")],
     source: Annotated[Path, typer.Argument(help="The task file (JSON lines, or a .json list).")],
     out: Annotated[Path, typer.Option(help="Task JSONL to write (replaced), for --tasks FILE or the environment.")],
     split: Annotated[str, typer.Option(help="The split every task goes to: train or test.")] = "test",
@@ -126,8 +126,13 @@ def tasks_import(
         from agenttuning.envs.agentbench.os_tasks import ENV_ID, import_agentbench_os  # type: ignore[assignment]
 
         report = import_agentbench_os(source, split=_split(split), test_percent=test_percent)
+    elif kind == "alfworld":  # ALFWorld's data folder: train from train/, test from valid_unseen/ (--split unused)
+        from agenttuning.envs.alfworld import import_alfworld
+        from agenttuning.envs.alfworld.definition import ENV_ID  # type: ignore[assignment]
+
+        report = import_alfworld(source)
     else:
-        raise ValueError(f"unknown task set kind {kind!r} (known: agentbench-db, agentbench-os)")
+        raise ValueError(f"unknown task set kind {kind!r} (known: agentbench-db, agentbench-os, alfworld)")
     console.print(report.summary(), highlight=False, soft_wrap=True)
     if not report.tasks:
         raise EmptyOutputError(f"{source}: no task could be imported")
@@ -141,7 +146,7 @@ def tasks_import(
 def instruct(
     teacher: Annotated[str, typer.Option(help="The teacher: openai:MODEL (any OpenAI-compatible endpoint).")],
     out: Annotated[Path, typer.Option(help="Output folder: tasks.jsonl (for --tasks), rejections.jsonl, stats.json.")],
-    env: Annotated[str, typer.Option(help="The environment to write tasks for (db).")] = "db",
+    env: Annotated[str, typer.Option(help="The environment to write tasks for (db, os, household).")] = "db",
     n: Annotated[int, typer.Option("-n", help="Tasks to ask the teacher for in all (kept: only those that verify).")] = 100,
     base_url: Annotated[str | None, typer.Option(help="The teacher's API root, e.g. http://127.0.0.1:8000/v1.")] = None,
     api_key: Annotated[str | None, typer.Option(help="API key (default $OPENAI_API_KEY); never written to disk.")] = None,
@@ -526,6 +531,25 @@ def serve(
         batch_size=batch_size, max_new_tokens_default=max_tokens, temperature_default=temperature,
         kv_reuse=kv_reuse, kv_cache_bytes=None if kv_cache_mb is None else kv_cache_mb << 20,
         max_body_bytes=max_body_mb << 20, max_prompt_chars=max_prompt_chars)
+
+
+@app.command("env-serve")
+@_friendly
+def env_serve(
+    env: Annotated[str, typer.Argument(help="A registered environment (agenttuning envs lists them).")],
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8100,
+    max_instances: Annotated[int, typer.Option(help="Most live environment instances; more get 503.")] = 64,
+    idle_timeout: Annotated[float, typer.Option(help="Seconds an unused instance lives before it is closed.")] = 600.0,
+    max_body_mb: Annotated[int, typer.Option(help="Largest request body in MiB; larger ones get 413.")] = 16,
+) -> None:
+    """Serve an environment over HTTP in AgentGym's environment-server protocol; play it with --env remote:URL."""
+    from agenttuning.serve.env_app import serve_env
+
+    if max_instances < 1 or idle_timeout <= 0 or max_body_mb < 1:
+        raise ValueError("--max-instances, --idle-timeout and --max-body-mb must be positive")
+    serve_env(env, host=host, port=port, max_instances=max_instances, idle_s=idle_timeout,
+              max_body_bytes=max_body_mb << 20)
 
 
 @app.command("eval")

@@ -109,12 +109,14 @@ def test_checker_catches_an_exception_on_invalid_actions():
 def test_third_party_environments_load_from_entry_points(monkeypatch):
     # the built-in families come through the same entry points (pyproject.toml), not by name
     builtin = list(base.entry_points(group=base.ENTRY_POINT_GROUP))
-    assert sorted(e.name for e in builtin) == ["agentbench_db", "agentbench_os", "db", "household", "kg", "os"], "reinstall: pip install --no-deps -e ."
+    assert sorted(e.name for e in builtin) == ["agentbench_db", "agentbench_os", "alfworld", "db", "household", "kg", "miniwob",
+                                                  "os", "sciworld"], "reinstall: pip install --no-deps -e ."
     ep = EntryPoint(name="lookup", value="tests.toy_env:LookupDefinition", group=base.ENTRY_POINT_GROUP)
     monkeypatch.setattr(base, "entry_points", lambda group: [*builtin, ep] if group == base.ENTRY_POINT_GROUP else [])
     monkeypatch.setattr(base, "_entry_points_loaded", False)
     monkeypatch.setattr(base, "_REGISTRY", {})
-    assert [d.id for d in available()] == ["agentbench_db-v1", "agentbench_os-v1", "db-v1", "household-v1", "kg-v1", "lookup-v1", "os-v1"]
+    assert [d.id for d in available()] == ["agentbench_db-v1", "agentbench_os-v1", "alfworld-v1", "db-v1", "household-v1",
+                                         "kg-v1", "lookup-v1", "miniwob-v1", "os-v1", "sciworld-v1"]
     assert get("lookup-v1").name == "lookup"
     with pytest.raises(KeyError, match="registered version is lookup-v1"):
         get("lookup-v2")
