@@ -149,3 +149,15 @@ def test_a_ready_policy_object_is_shared_and_closed(registry, tmp_path):
 
     r = evaluate_agent(Tracked(registry["lookup"]), ["lookup"], held_in=None, out_dir=tmp_path, n=3)
     assert (r.policy, r.policy_name, r.envs[0].successes, Tracked.closed) == ("expert", "expert", 3, 1)
+
+
+def test_the_table_ends_with_each_groups_unweighted_overall(registry, tmp_path):
+    r = evaluate_agent("noisy:0.5", ["db", "lookup", "lookup_ho"], held_in={"db"}, out_dir=tmp_path, n=4)
+    means = r.group_means()
+    envs = by_env(r)
+    held_out = [envs["lookup"], envs["lookup_ho"]]
+    assert means["held-in"] == (envs["db"].success_rate, envs["db"].mean_reward, 1)
+    assert means["held-out"] == (sum(e.success_rate for e in held_out) / 2, sum(e.mean_reward for e in held_out) / 2, 2)
+    text = _render(r.table())
+    assert "overall (1 environment)" in text and "overall (2 environments)" in text
+    assert f"{means['held-out'][1]:.3f}" in text

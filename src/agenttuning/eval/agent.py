@@ -153,7 +153,24 @@ class AgentEvalResult(BaseModel):
             t.add_row(e.group, e.env_id, e.prompt_hash[:8], str(e.n),
                       f"{e.success_rate:.1%} [{lo:.1%}, {hi:.1%}]",
                       f"{e.mean_reward:.3f} [{rlo:.3f}, {rhi:.3f}]", reasons)  # fmt: skip
+        for group, (success, reward, k) in self.group_means().items():
+            t.add_row(group, f"overall ({k} environment{'s' * (k != 1)})", "", "", f"{success:.1%}", f"{reward:.3f}", "",
+                      style="bold")  # fmt: skip
+        if self.envs:
+            t.caption = ("overall: the unweighted mean over the group's environments (the paper's normalised overall "
+                         "score compares several models: agenttuning score)")  # fmt: skip
         return t
+
+    def group_means(self) -> dict[str, tuple[float, float, int]]:
+        """``{group: (mean success rate, mean reward, environments)}``, each an unweighted mean over the group's
+        environments (held-in first), so a large test split does not outweigh a small one."""
+        out = {}
+        for group in ("held-in", "held-out"):
+            envs = self.group(group)  # type: ignore[arg-type]
+            if envs:
+                out[group] = (sum(e.success_rate for e in envs) / len(envs),
+                              sum(e.mean_reward for e in envs) / len(envs), len(envs))  # fmt: skip
+        return out
 
 
 def load_agent_result(path: str | os.PathLike[str]) -> AgentEvalResult:
