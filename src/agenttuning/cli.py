@@ -152,13 +152,17 @@ def instruct(
     api_key: Annotated[str | None, typer.Option(help="API key (default $OPENAI_API_KEY); never written to disk.")] = None,
     per_request: Annotated[int, typer.Option(help="Tasks asked for in one request.")] = 10,
     seed: Annotated[int, typer.Option(help="Picks each request's seed tasks; the teacher's sampling seed.")] = 0,
+    max_tokens: Annotated[int, typer.Option(help="Longest reply in tokens.")] = 4096,
+    timeout: Annotated[float, typer.Option(help="Seconds one request may take (a small local model on a CPU: "
+                                           "lower --max-tokens rather than raise this).")] = 120.0,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder that holds no earlier output.")] = False,
 ) -> None:
     """Self-instruct: a teacher writes new tasks; only those that parse, run, are solved by their own reference
     solution, fail a wrong answer, and are new (not near any existing or test task) are kept. See docs/instruct.md."""
     from agenttuning.stages.instruct import InstructConfig, run
 
-    config = InstructConfig(env=env, teacher=teacher, base_url=base_url, n=n, per_request=per_request, seed=seed)
+    config = InstructConfig(env=env, teacher=teacher, base_url=base_url, n=n, per_request=per_request, seed=seed,
+                            max_tokens=max_tokens, timeout=timeout)  # fmt: skip
     result = run(config, out, api_key=api_key, overwrite=overwrite)
     t = _metric_table(f"instruct → {out}")
     t.add_row("asked / drafted / kept", f"{n} / {result.drafts} / {result.kept}")

@@ -68,6 +68,7 @@ def test_exactly_the_good_tasks_are_kept_and_each_rejection_is_counted(tmp_path,
                                 concurrency=1, max_retries=0)
         out = run(config, tmp_path / "instruct", index=test_index)
         prompt = srv.requests[0].body["messages"][-1]["content"]
+        seeds = [r.body["seed"] for r in srv.requests]
 
     d = definition()
     want = [draft_task(d, DbDraft.model_validate(x)) for x in (GOOD_SELECT, GOOD_UPDATE, GOOD_INSERT)]
@@ -90,6 +91,7 @@ def test_exactly_the_good_tasks_are_kept_and_each_rejection_is_counted(tmp_path,
     # the teacher saw the description, the schema, the format and seed tasks
     assert d.description in prompt and "country_languages(" in prompt and '"sql"' in prompt
     assert sum(t.instruction in prompt for t in d.tasks("train")) == config.seeds
+    assert seeds == [0, 1, 2]  # each request samples with its own seed (config.seed + its index)
 
 
 def test_kept_tasks_grade_in_the_real_environment_and_ids_are_content_addressed():

@@ -110,7 +110,8 @@ def _teacher(config: InstructConfig, api_key: str | None) -> OpenAIPolicy:
                         seed=config.seed)  # fmt: skip
 
 
-async def _ask_all(teacher: OpenAIPolicy, prompts: list[list[Turn]], concurrency: int, env_id: str) -> list[Any]:
+async def _ask_all(teacher: OpenAIPolicy, prompts: list[list[Turn]], concurrency: int, env_id: str,
+                   seed: int | None = None) -> list[Any]:  # fmt: skip
     """Each prompt's reply text, or the PolicyError it ended in; in prompt order."""
     gate = asyncio.Semaphore(concurrency)
 
@@ -118,6 +119,11 @@ async def _ask_all(teacher: OpenAIPolicy, prompts: list[list[Turn]], concurrency
         marker = Task(id=f"instruct-request-{i}", env=env_id, split="train", instruction="self-instruct request")
         async with gate:
             try:
+                # each request samples with its own seed (config.seed + i): a family whose prompts are alike (household
+                # shows the same example every time) would otherwise get the same reply to every request. act() reads
+                # the seed before its first await, so setting it here, on the one event loop, is race-free.
+                if seed is not None:
+                    teacher.seed = seed + i
                 return (await teacher.act(messages, task=marker)).text
             except PolicyError as e:
                 return e
@@ -211,7 +217,7 @@ def run(config: InstructConfig, out: PathLike, *, index: ContaminationIndex | No
         seeds = random.Random(f"{config.seed}:{i}").sample(train, min(config.seeds, len(train)))
         prompts.append(family.instruct_prompt(definition, seeds, k))
     with stage_folder(out, stage="instruct", inputs=[], overwrite=overwrite) as w:
-        replies = asyncio.run(_ask_all(teacher, prompts, config.concurrency, definition.id))
+        replies = asyncio.run(_ask_all(teacher, prompts, config.concurrency, definition.id, seed=config.seed))
         novelty = _Novelty(definition, family, index if index is not None else ContaminationIndex.from_registry())
         kept: list[Task] = []
         rejections: list[dict[str, Any]] = []
