@@ -104,7 +104,7 @@ def _run_stage(p: PlannedStage, config: PipelineConfig, records: dict[str, Stage
     sd = StageDir.at(config.out, p.stage.name, p.key)
     manifest = sd.manifest()
     if sd.complete() and manifest is not None:
-        console.print(f"[green]✓[/] {p.stage.name:<10} [dim]cached  {sd.path}[/]", highlight=False)
+        console.print(f"[green]✓[/] {p.stage.name:<13} [dim]cached  {sd.path}[/]", highlight=False)
         return _record(sd, "cached", manifest)
     console.rule(f"[bold]{p.stage.name}[/] [dim]{sd.path}[/]")
     sd.prepare(keep_partial=p.stage.resumable)
@@ -113,7 +113,7 @@ def _run_stage(p: PlannedStage, config: PipelineConfig, records: dict[str, Stage
     result = p.stage.run(ctx)
     seconds = time.perf_counter() - t0
     manifest = sd.finish(settings=p.stage.settings(config), inputs=p.inputs, result=result, seconds=seconds)
-    console.print(f"[green]✓[/] {p.stage.name:<10} ran in {seconds:.1f} s", highlight=False)
+    console.print(f"[green]✓[/] {p.stage.name:<13} ran in {seconds:.1f} s", highlight=False)
     return _record(sd, "ran", manifest)
 
 
@@ -242,7 +242,7 @@ def _report(run: PipelineRun, console: Console) -> Path:
 
     sd = StageDir.at(run.config.out, "report", _report_key(run))
     if sd.complete():
-        console.print(f"[green]✓[/] {'report':<10} [dim]cached  {sd.path}[/]", highlight=False)
+        console.print(f"[green]✓[/] {'report':<13} [dim]cached  {sd.path}[/]", highlight=False)
         run.records["report"] = _record(sd, "cached", sd.manifest())
         return sd.path
     console.rule(f"[bold]report[/] [dim]{sd.path}[/]")
