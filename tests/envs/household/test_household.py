@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from agenttuning.envs.household.definition import HouseholdDefinition, thought_for
-from agenttuning.envs.household.env import clean_feedback, normalise_command
+from agenttuning.envs.admissible import normalise_command
+from agenttuning.envs.household.env import clean_feedback
 from agenttuning.envs.household.games import LEVELS, ensure_game, unavailable_reason
 
 needs_textworld = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from agenttuning.envs.alfworld.data import AlfworldPayload, json_dir
 from agenttuning.envs.alfworld.engine import AlfworldGame
+from agenttuning.envs.admissible import commands_text, normalise_command
 from agenttuning.envs.base import EpisodeEnv, StepResult
 from agenttuning.schema import Task
 
@@ -42,12 +43,6 @@ def clean_feedback(text: str) -> str:
     return text[:MAX_FEEDBACK_CHARS]
 
 
-def normalise_command(action: str) -> str:
-    """The command as compared with the admissible ones: first line, lower case, single spaces, no final period."""
-    first = action.split("\n", 1)[0]
-    return " ".join(first.lower().split()).rstrip(".")
-
-
 def spellings(command: str) -> list[str]:
     """The command, then the same command in ALFWorld's other spelling of putting something somewhere.
 
@@ -63,12 +58,6 @@ def spellings(command: str) -> list[str]:
     if m:
         return [command, f"put {m[1]} in/on {m[2]}"]
     return [command]
-
-
-def commands_text(commands: list[str]) -> str:
-    """The admissible commands line shown after each observation (bounded)."""
-    text = "AVAILABLE COMMANDS: " + ", ".join(commands)
-    return text if len(text) <= MAX_COMMANDS_CHARS else text[: MAX_COMMANDS_CHARS - 4] + " ..."
 
 
 class AlfworldEnv(EpisodeEnv[AlfworldPayload]):
@@ -92,7 +81,7 @@ class AlfworldEnv(EpisodeEnv[AlfworldPayload]):
         game = AlfworldGame(path)
         self._game = game
         feedback, self._admissible, _won = game.reset()
-        return f"{clean_feedback(feedback)}\n\n{commands_text(self._admissible)}"
+        return f"{clean_feedback(feedback)}\n\n{commands_text(self._admissible, MAX_COMMANDS_CHARS)}"
 
     def act(self, action: str) -> StepResult:
         assert self._game is not None
@@ -109,7 +98,7 @@ class AlfworldEnv(EpisodeEnv[AlfworldPayload]):
         info = {"command": chosen}
         if won:
             return self.final(1.0, True, clean_feedback(feedback) or "You won.", **info)
-        return StepResult(f"{clean_feedback(feedback)}\n\n{commands_text(self._admissible)}", 0.0, info=info)
+        return StepResult(f"{clean_feedback(feedback)}\n\n{commands_text(self._admissible, MAX_COMMANDS_CHARS)}", 0.0, info=info)
 
     def release(self) -> None:
         game, self._game = self._game, None

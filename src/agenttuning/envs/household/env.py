@@ -17,6 +17,7 @@ import threading
 import re
 from typing import TYPE_CHECKING, Any
 
+from agenttuning.envs.admissible import commands_text, normalise_command
 from agenttuning.envs.base import EpisodeEnv, StepResult
 from agenttuning.envs.household.games import HouseholdTaskPayload, SpecPayload, ensure_game
 from agenttuning.schema import Task
@@ -49,18 +50,6 @@ def clean_feedback(text: str) -> str:
     return out[:MAX_FEEDBACK_CHARS]
 
 
-def normalise_command(action: str) -> str:
-    """The command as compared with the admissible ones: first line, lower case, single spaces, no final period."""
-    first = action.split("\n", 1)[0]
-    return " ".join(first.lower().split()).rstrip(".")
-
-
-def commands_text(commands: list[str]) -> str:
-    """The admissible commands line shown after each observation (bounded)."""
-    text = "AVAILABLE COMMANDS: " + ", ".join(commands)
-    return text if len(text) <= MAX_COMMANDS_CHARS else text[: MAX_COMMANDS_CHARS - 4] + " ..."
-
-
 class HouseholdEnv(EpisodeEnv[HouseholdTaskPayload]):
     """An episode of one generated game, a cooking game or a spec's (generated on first use; cached on disk)."""
 
@@ -82,7 +71,7 @@ class HouseholdEnv(EpisodeEnv[HouseholdTaskPayload]):
             self._game = game
             state = game.reset()
         self._admissible = sorted(state["admissible_commands"] or [])
-        text = f"{clean_feedback(state.feedback)}\n\n{commands_text(self._admissible)}"
+        text = f"{clean_feedback(state.feedback)}\n\n{commands_text(self._admissible, MAX_COMMANDS_CHARS)}"
         if isinstance(game_payload, SpecPayload):  # not a cooking game: its goal is the instruction's
             return f"This game is not a cooking game. Your task: {task.instruction[:MAX_TASK_CHARS]}\n\n{text}"
         return text
@@ -107,7 +96,7 @@ class HouseholdEnv(EpisodeEnv[HouseholdTaskPayload]):
         if state["lost"] or done:
             return self.final(0.0, False, feedback or "You lost.", **info)
         self._admissible = sorted(state["admissible_commands"] or [])
-        return StepResult(f"{feedback}\n\n{commands_text(self._admissible)}", 0.0, info=info)
+        return StepResult(f"{feedback}\n\n{commands_text(self._admissible, MAX_COMMANDS_CHARS)}", 0.0, info=info)
 
     def release(self) -> None:
         game, self._game = self._game, None
