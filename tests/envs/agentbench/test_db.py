@@ -161,7 +161,7 @@ def test_a_json_list_file_imports_like_json_lines(tmp_path):
     assert [t.id for t in tasks] == ["agentbench_db-std-00000", "agentbench_db-std-00001", "agentbench_db-std-00002"]
     bad = write_file(tmp_path / "bad.jsonl", [records()[0]])
     bad.write_text(bad.read_text() + "{not json\n")
-    with pytest.raises(ValueError, match="bad.jsonl:2: not JSON"):
+    with pytest.raises(ValueError, match="bad.jsonl:2: invalid JSON"):
         db.import_agentbench_db(bad)
 
 

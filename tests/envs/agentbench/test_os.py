@@ -79,6 +79,10 @@ def test_bad_files_are_errors_naming_the_file(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):
         read_os_task_file(bad)
+    lines = tmp_path / "bad.jsonl"
+    lines.write_text('{"description": "ok"}\n{not json\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2: invalid JSON"):
+        read_os_task_file(lines)
     with pytest.raises(ValueError, match="nowhere"):
         import_agentbench_os(tmp_path / "nowhere.json", verify=False)
     empty = tmp_path / "empty"

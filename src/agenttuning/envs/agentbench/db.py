@@ -48,6 +48,7 @@ from agenttuning.envs.db import grading as db_grading
 from agenttuning.envs.db.definition import adversarial_sql
 from agenttuning.envs.db.env import DbEnv
 from agenttuning.envs.db.expert import render_answer
+from agenttuning.jsonl import iter_json
 from agenttuning.envs.agentbench import db_dialect
 from agenttuning.envs.agentbench import db_grading as ab_grading
 from agenttuning.envs.db.guards import (
@@ -250,20 +251,12 @@ class _Skip(Exception):
 def read_agentbench_file(path: str | os.PathLike[str]) -> list[Any]:
     """The records of an AgentBench task file: a JSON list (a ``.json`` file) or one JSON object a line."""
     p = Path(path)
-    text = p.read_text(encoding="utf-8")
     if p.suffix == ".json":
-        data = json.loads(text)
+        data = json.loads(p.read_text(encoding="utf-8"))
         if not isinstance(data, list):
             raise ValueError(f"{p}: a .json task file holds a JSON list of tasks")
         return data
-    records = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}:{n}: not JSON: {e}") from None
-    return records
+    return [record for _, record in iter_json(p)]  # JSON lines: a bad line is named as file:line
 
 
 def _tables(record: Mapping[str, Any]) -> list[Table]:

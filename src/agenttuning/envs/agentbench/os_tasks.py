@@ -57,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from agenttuning.envs import derivation
 from agenttuning.envs.agentbench.db import Note, Skipped
 from agenttuning.envs.base import Split, StepResult
+from agenttuning.jsonl import iter_json
 from agenttuning.envs.os.definition import OsDefinition
 from agenttuning.envs.os.env import COMMAND_WALL_S, LIMITS, SCRIPT_WALL_S, OsEnv
 from agenttuning.envs.os.sandbox import CommandResult, Sandbox
@@ -291,18 +292,11 @@ def read_os_task_file(path: str | os.PathLike[str]) -> list[Any]:
     """The records of an AgentBench OS task file: a ``.json`` list (or one object), or one object a line."""
     p = Path(path)
     try:
+        if p.suffix == ".jsonl":
+            return [record for _, record in iter_json(p)]  # a bad line is named as file:line
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{p}: cannot read the task file: {e}") from None
-    if p.suffix == ".jsonl":
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{p}:{n}: not JSON: {e}") from None
-        return records
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
