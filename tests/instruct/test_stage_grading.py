@@ -22,3 +22,15 @@ def test_an_environment_error_while_grading_rejects_the_draft_instead_of_ending_
     fine = broken.model_copy(update={"payload": {"key": "k"}})
     novelty = SimpleNamespace(problem=lambda task: None)
     assert _verify(definition, SimpleNamespace(draft_task=lambda d, draft: fine), novelty, object()) == fine
+
+
+def test_the_config_refuses_a_teacher_that_is_not_an_openai_endpoint():
+    import pytest
+    from pydantic import ValidationError
+
+    from agenttuning.stages.instruct import InstructConfig
+
+    for bad in ("expert", "openai:", "hf:some/model"):
+        with pytest.raises(ValidationError, match=r"teacher .* must be 'openai:MODEL'"):
+            InstructConfig(teacher=bad)
+    assert InstructConfig(teacher="openai:gpt-4o").teacher == "openai:gpt-4o"

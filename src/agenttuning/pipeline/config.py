@@ -273,7 +273,7 @@ def _check_envs(cfg: PipelineConfig, where: str) -> None:
 
 def _check_self_instruct(cfg: PipelineConfig, where: str) -> None:
     """Each self-instruct run names a family that has a self-instruct module and that the teacher collects in (its
-    tasks join that family's train tasks), with an ``openai:MODEL`` teacher."""
+    tasks join that family's train tasks); its ``openai:MODEL`` teacher is checked by the config itself."""
     from agenttuning.envs import base
     from agenttuning.stages.instruct import FAMILIES
 
@@ -293,8 +293,6 @@ def _check_self_instruct(cfg: PipelineConfig, where: str) -> None:
         if cfg.teacher.split != "train":
             raise PipelineConfigError(f"{where}: {key}: self-instructed tasks are train tasks, but teacher.split is "
                                       f"{cfg.teacher.split!r}")  # fmt: skip
-        if not run.teacher.startswith("openai:") or run.teacher == "openai:":
-            raise PipelineConfigError(f"{where}: {key}.teacher: {run.teacher!r} must be 'openai:MODEL'")
 
 
 def _check_model(model: ModelConfig, where: str) -> None:

@@ -24,20 +24,22 @@ import os
 import random
 from collections import Counter
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agenttuning.data.decontam import ContaminationIndex
 from agenttuning.data.rows import write_json
 from agenttuning.envs.base import EnvDefinition, get
 from agenttuning.jsonl import write_atomic
 from agenttuning.policies.base import PolicyError
-from agenttuning.policies.openai import OpenAIPolicy
 from agenttuning.rollout.react import parse_reply
 from agenttuning.schema import Task, Turn, normalise_text
 from agenttuning.stages.folder import stage_folder
 from agenttuning.stages.manifest import StageResult
+
+if TYPE_CHECKING:  # the openai client is imported when a teacher is made, not when a config is read
+    from agenttuning.policies.openai import OpenAIPolicy
 
 __all__ = ["FAMILIES", "REPLY_REASONS", "InstructConfig", "InstructOutput", "reasons", "run"]
 
@@ -72,6 +74,14 @@ class InstructConfig(BaseModel):
     timeout: float = Field(120.0, gt=0, description="Seconds one request may take.")
     max_retries: int = Field(3, ge=0, le=10, description="Retries of a failed request.")
 
+    @field_validator("teacher")
+    @classmethod
+    def _openai_teacher(cls, value: str) -> str:
+        kind, _, model = value.partition(":")
+        if kind != "openai" or not model:
+            raise ValueError(f"teacher {value!r} must be 'openai:MODEL'")
+        return value
+
 
 class InstructOutput(StageResult):
     """What :func:`run` wrote and counted: asked, drafted, kept, and every rejection by reason."""
@@ -102,9 +112,9 @@ def _family(definition: EnvDefinition) -> ModuleType:
 
 
 def _teacher(config: InstructConfig, api_key: str | None) -> OpenAIPolicy:
-    kind, _, model = config.teacher.partition(":")
-    if kind != "openai" or not model:
-        raise ValueError(f"instruct: teacher {config.teacher!r} must be 'openai:MODEL'")
+    from agenttuning.policies.openai import OpenAIPolicy
+
+    model = config.teacher.partition(":")[2]  # 'openai:MODEL', checked by the config
     return OpenAIPolicy(model, base_url=config.base_url, api_key=api_key, temperature=config.temperature,
                         max_tokens=config.max_tokens, timeout=config.timeout, max_retries=config.max_retries,
                         seed=config.seed)  # fmt: skip
